@@ -1,0 +1,32 @@
+"""Losses as pure functions with the papers' defaults, plus thin modules. Each cites the equation it implements."""
+
+from .contrastive import (
+    LabelSimilarityContrastiveLoss,
+    NTXentLoss,
+    genscl_loss,
+    label_similarity_contrastive_loss,
+    label_weights,
+    nt_xent_loss,
+    pairwise_similarity,
+    soft_label_weights,
+    supcon_loss,
+    view_pair_weights,
+)
+from .distributed import gather_no_grad, gather_with_grad, rank_offset, world_size
+
+__all__ = [
+    "LabelSimilarityContrastiveLoss",
+    "NTXentLoss",
+    "gather_no_grad",
+    "gather_with_grad",
+    "genscl_loss",
+    "label_similarity_contrastive_loss",
+    "label_weights",
+    "nt_xent_loss",
+    "pairwise_similarity",
+    "rank_offset",
+    "soft_label_weights",
+    "supcon_loss",
+    "view_pair_weights",
+    "world_size",
+]

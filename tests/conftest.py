@@ -1,0 +1,59 @@
+"""Shared test settings: offline hub, an isolated HF_HOME, few threads, and small fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="hybridcl_test_hf_home_")
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HOME": _HF_HOME,
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY_VIT = {"patch_size": 4, "embed_dim": 32, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0}
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The embedded digits split (1437 train / 360 test, 10 classes)."""
+    from hf_hybridcl.data import load_image_splits
+
+    return load_image_splits("digits")
+
+
+@pytest.fixture
+def tiny_vit_config():
+    """A tiny grayscale ViT config for fast tests (16x16 input, 16 tokens)."""
+    from hf_hybridcl import HybridCLConfig
+
+    return HybridCLConfig(
+        backbone="vit_tiny_patch16_224", backbone_kwargs=dict(TINY_VIT), image_size=16, num_channels=1,
+        proj_hidden_dim=32, proj_output_dim=16,
+    )
+
+
+def tiny_train_overrides(batch_size: int = 32) -> list[str]:
+    """CLI overrides that make a digits run take seconds."""
+    return [
+        f"train.batch_size={batch_size}",
+        "model.backbone_kwargs.embed_dim=32",
+        "model.backbone_kwargs.depth=1",
+        "model.backbone_kwargs.num_heads=2",
+        "model.proj_hidden_dim=32",
+        "model.proj_output_dim=16",
+        "train.log_with=none",
+        "eval.linear_epochs=5",
+        "eval.random_init_baseline=false",
+    ]
