@@ -104,6 +104,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: dict, total_steps: 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _use_cpu() -> bool:
+    """CPU (gloo) when asked (ACCELERATE_USE_CPU / accelerate launch --cpu) or when several processes run without
+    CUDA; a single process keeps Accelerate's own device choice (CUDA, MPS, ...)."""
+    from accelerate.utils import parse_flag_from_env
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available())
+
+
 def latest_checkpoint(checkpoint_root: str) -> tuple[int, str] | None:
     if not os.path.isdir(checkpoint_root):
         return None
@@ -138,7 +147,8 @@ class Trainer:
         self.resume = resume
         train_cfg = self.recipe["train"]
         self.method_cls = get_method_class(self.recipe["method"])
-        PartialState()  # joins the process group, so every process agrees on the run directory
+        use_cpu = _use_cpu()
+        PartialState(cpu=use_cpu)  # joins the process group, so every process agrees on the run directory
         if output_dir is None:
             output_dir = (latest_run_dir(self.recipe) if resume else None) or default_output_dir(self.recipe)
         holder = [output_dir]
@@ -147,6 +157,7 @@ class Trainer:
         log_with = train_cfg["log_with"]
         log_with = None if log_with in (None, "none", "") else log_with
         self.accelerator = Accelerator(
+            cpu=use_cpu,
             mixed_precision=train_cfg["mixed_precision"],
             gradient_accumulation_steps=int(train_cfg["grad_accum"]),
             log_with=log_with,
@@ -233,7 +244,10 @@ class Trainer:
                 self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         logs = dict(logs)
-        logs["loss"] = float(loss.detach().float().item())
+        logged = loss.detach().float()
+        if acc.num_processes > 1:  # every process averages its local anchors: log the global mean
+            logged = acc.reduce(logged.reshape(1), reduction="mean")
+        logs["loss"] = float(logged.item())
         return logs, finite
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -322,7 +336,7 @@ class Trainer:
         tmp = os.path.join(self.checkpoint_root, f".tmp_checkpoint_{step}")
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-            os.makedirs(self.checkpoint_root, exist_ok=True)
+            os.makedirs(tmp)  # before the barrier: every process writes its RNG state into it
         acc.wait_for_everyone()
         acc.save_state(tmp)
         acc.wait_for_everyone()

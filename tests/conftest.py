@@ -1,4 +1,7 @@
-"""Shared test settings: offline hub, an isolated HF_HOME, few threads, and small fixtures."""
+"""Shared test settings: offline hub, an isolated HF_HOME, few threads, small fixtures.
+
+Import helpers from test modules with `from tests.conftest import TINY_VIT, tiny_train_overrides`.
+"""
 
 from __future__ import annotations
 

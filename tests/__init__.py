@@ -1,0 +1,1 @@
+"""Tests of hf_hybridcl; import shared helpers with `from tests.conftest import ...`."""
