@@ -10,6 +10,12 @@ with HDGE-style label smoothing ``ybar`` and the queue updated with this step's 
 negatives were read (as in the official code). The paper also adds the noise to *test* inputs; our evaluation
 (linear probe, kNN, ``scripts/hdge_vs_ce.py``) uses clean inputs unless configured otherwise.
 The exported model is the :class:`HybridCLForImageClassification`; its logits are also its representation.
+
+"HDGE + JEM" (paper Table 4, sample generation): ``px_sgld_weight > 0`` adds ``px_sgld_weight * L_px``, JEM's
+``-(mean LSE f(x) - mean LSE f(x~))`` with SGLD samples ``x~`` from a persistent replay buffer (JEM settings, METHODS.md
+2c: 10,000 slots of uniform noise in [-1, 1], reinit 0.05, 20 steps, step 1.0, noise 0.01, network in eval mode while
+sampling). The buffer exists only when the weight is positive; chains with a non-finite energy or |E| above
+``sgld_energy_threshold`` are restarted (the official code aborts at |L| > 1e8).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..losses.hdge import (
     hdge_label_distribution,
     soft_cross_entropy,
 )
+from ..losses.jem import finish_jem_step, jem_px_loss, make_jem_buffer, sample_jem_sgld
 from ..modeling_hybridcl import HybridCLForImageClassification
 from .base import Batch, HybridMethod, TrainContext
 
@@ -43,6 +50,14 @@ class HDGE(HybridMethod):
         "positive_score": "official",
         "label_smoothing": 0.0,
         "input_noise_std": 0.03,
+        # HDGE + JEM: the SGLD-trained log p(x) term (0 = off, the main method has no sampler)
+        "px_sgld_weight": 0.0,
+        "sgld_steps": 20,
+        "sgld_step_size": 1.0,
+        "sgld_noise": 0.01,
+        "sgld_buffer_size": 10000,
+        "sgld_reinit_prob": 0.05,
+        "sgld_energy_threshold": 1e8,
     }
 
     def build(self) -> None:
@@ -58,6 +73,13 @@ class HDGE(HybridMethod):
             )
         self.model = HybridCLForImageClassification(self.model_config)
         self.logit_queue = LogitQueue(self.num_classes, int(hp["queue_size"]))
+        if hp["px_sgld_weight"] < 0 or hp["sgld_steps"] < 0 or hp["sgld_step_size"] < 0 or hp["sgld_noise"] < 0:
+            raise HybridCLError("method_args.px_sgld_weight and the sgld_* settings must be >= 0 (JEM: 1.0, 20, 1.0, 0.01).")
+        if hp["px_sgld_weight"] > 0:
+            cfg = self.model_config
+            self.px_buffer = make_jem_buffer(
+                (cfg.num_channels, cfg.image_size, cfg.image_size), int(hp["sgld_buffer_size"]), float(hp["sgld_reinit_prob"])
+            )
 
     def on_train_start(self, ctx: TrainContext) -> None:
         """Fail before the first step if the queue cannot wrap exactly (the official code asserts the same)."""
@@ -81,11 +103,33 @@ class HDGE(HybridMethod):
             ),
         }
         self.logit_queue.enqueue(logits)  # after the negatives were read, as in the official code
+        diverged = None
+        if hp["px_sgld_weight"] > 0:
+            px, diverged = self._px_term(logits, x.shape[0])
+            terms["px"] = (hp["px_sgld_weight"], px)
 
         loss = sum(weight * value for weight, value in terms.values())
         logs = {name: value.item() for name, (_, value) in terms.items()}
+        if diverged is not None:
+            logs["sgld_diverged"] = float(diverged)
         logs["train_acc"] = (logits.argmax(-1) == labels).float().mean().item()
         return loss, logs
+
+    def _px_term(self, logits: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+        """JEM's L_px with SGLD samples from the replay buffer (uniform re-initialisation, model in eval mode)."""
+        hp = self.hparams
+        result = sample_jem_sgld(
+            lambda v: self.model(pixel_values=v).logits,
+            self.px_buffer,
+            n,
+            model=self.model,
+            steps=int(hp["sgld_steps"]),
+            step_size=float(hp["sgld_step_size"]),
+            noise_std=float(hp["sgld_noise"]),
+        )
+        logits_sgld = self.model(pixel_values=result.samples).logits.float()
+        diverged = finish_jem_step(self.px_buffer, result, logits_sgld, float(hp["sgld_energy_threshold"]))
+        return jem_px_loss(logits, logits_sgld), diverged
 
     def export(self) -> HybridCLForImageClassification:
         return self.model
