@@ -31,7 +31,7 @@ METHODS = ("ce", "hdge", "moco")
 
 def train_command(method: str, run_dir: str, seed: int, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "hf_hybridcl", "train", "--method", method, "--output-dir", run_dir,
-            f"train.seed={seed}", "train.log_with=none", *extra]
+            f"train.seed={seed}", "train.log_with=none", "train.save_every=50", *extra]
 
 
 def train(method: str, run_dir: str, seed: int, extra: list[str]) -> float:
@@ -39,6 +39,8 @@ def train(method: str, run_dir: str, seed: int, extra: list[str]) -> float:
     if os.path.exists(os.path.join(run_dir, "model", "config.json")):
         return float("nan")
     cmd = train_command(method, run_dir, seed, extra)
+    if os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        cmd.append("--resume")  # an interrupted run: continue (or only export) from its last checkpoint
     print("$", " ".join(cmd[1:]), flush=True)
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     start = time.perf_counter()
