@@ -1,0 +1,79 @@
+"""Issue 3: negatives span all processes and two processes train like one process on the global batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_train_overrides
+
+
+def _gradient_worker():
+    """Runs in each of 2 gloo processes: local NT-Xent over the gathered batch, gradients all-reduced (averaged)."""
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    from hf_hybridcl.methods.simclr import global_nt_xent
+
+    PartialState._reset_state()  # forked from a process whose in-process runs left a 1-process state behind
+    state = PartialState(cpu=True)
+    rank, world = state.process_index, state.num_processes
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    x1, x2 = torch.randn(8, 6), torch.randn(8, 6)
+    rows = slice(rank * 4, (rank + 1) * 4)
+    z1 = torch.nn.functional.normalize(layer(x1[rows]), dim=-1)
+    z2 = torch.nn.functional.normalize(layer(x2[rows]), dim=-1)
+    loss = global_nt_xent(z1, z2, tau=0.3)
+    loss.backward()
+    for param in layer.parameters():
+        dist.all_reduce(param.grad)
+        param.grad /= world
+    torch.save({n: p.grad for n, p in layer.named_parameters()}, os.environ["HYBRIDCL_TEST_OUT"] + f".{rank}")
+
+
+def test_two_process_gradient_equals_global_batch(tmp_path):
+    from accelerate import debug_launcher
+
+    from hf_hybridcl.losses import nt_xent_loss
+
+    os.environ["HYBRIDCL_TEST_OUT"] = str(tmp_path / "grad")
+    debug_launcher(_gradient_worker, num_processes=2)
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    x1, x2 = torch.randn(8, 6), torch.randn(8, 6)
+    z1 = torch.nn.functional.normalize(layer(x1), dim=-1)
+    z2 = torch.nn.functional.normalize(layer(x2), dim=-1)
+    nt_xent_loss(z1, z2, tau=0.3).backward()
+    for rank in range(2):
+        grads = torch.load(str(tmp_path / "grad") + f".{rank}")
+        for name, param in layer.named_parameters():
+            assert torch.allclose(grads[name], param.grad, atol=1e-6), (rank, name)
+
+
+def test_accelerate_launch_two_processes_matches_one(tmp_path):
+    """`accelerate launch` with 2 gloo CPU processes trains, and ends where 1 process on the same global batch ends."""
+    common = ["--method", "simclr", "--max-steps", "3", *tiny_train_overrides(32), "eval.linear_epochs=1"]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_hybridcl.train",
+    ]
+    two = subprocess.run([*launch, *common, "--output-dir", str(tmp_path / "two")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = subprocess.run([sys.executable, "-m", "hf_hybridcl.train", *common, "--output-dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    import json
+
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["model"]["processes"] == 2
+    assert (tmp_path / "two" / "checkpoints" / "checkpoint_3" / "random_states_1.pkl").exists()
+    a = load_file(tmp_path / "two" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "one" / "model" / "model.safetensors")
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key
