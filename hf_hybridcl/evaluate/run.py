@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 from typing import Any
 
@@ -12,8 +13,7 @@ import torch
 from .features import extract_features, pixel_tensor, processor_for
 from .knn import knn_accuracy
 from .linear import linear_probe
-
-METRICS_SCHEMA_VERSION = 1
+from .schema import SCHEMA_VERSION as METRICS_SCHEMA_VERSION
 
 
 def machine_description() -> str:
@@ -62,9 +62,29 @@ def evaluate_encoder(
     return results
 
 
+def finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/inf: non-finite numbers become ``None`` (recursively in dicts and lists)."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(float(value)) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
 def metrics_document(protocols: dict[str, dict], model_info: dict, splits, extra: dict | None = None) -> dict:
+    """The ``metrics.json`` document (schema in :mod:`hf_hybridcl.evaluate.schema`). Protocols without a data
+    set or split (e.g. a method's ``extra_metrics``) are stamped with this evaluation's; non-finite numbers
+    become ``null``."""
     from .. import __version__
 
+    protocols = finite_or_none(protocols)
+    for result in protocols.values():
+        result.setdefault("dataset", splits.name)
+        result.setdefault("split", "test")
     return {
         "schema_version": METRICS_SCHEMA_VERSION,
         "library": "hf_hybridcl",
