@@ -320,6 +320,11 @@ class Trainer:
         acc.end_training()
         return summary
 
+    def _sharded(self) -> bool:
+        from accelerate.utils import DistributedType
+
+        return self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
     def _log(self, record: dict, log_path: str, step: int) -> None:
         acc = self.accelerator
         if acc.is_main_process:
@@ -358,14 +363,19 @@ class Trainer:
         acc = self.accelerator
         acc.wait_for_everyone()
         summary: dict[str, Any] = {"output_dir": self.output_dir, "model_dir": os.path.join(self.output_dir, "model")}
+        full_state = acc.get_state_dict(self.wrapped) if self._sharded() else None  # collective: every rank calls it
         if not acc.is_main_process:
             return summary
-        model = self.method.export()
+        method = self.method
+        if full_state is not None:  # FSDP/DeepSpeed shard parameters: rebuild an unsharded method to export
+            method = self.method_cls(self.model_config, self.recipe["method_args"], self.splits.num_classes)
+            method.load_state_dict(full_state)
+        model = method.export()
         model.eval()
         eval_cfg = self.recipe["eval"]
         random_model = type(model)(model.config) if eval_cfg.get("random_init_baseline", True) else None
         protocols = evaluate_encoder(model, self.splits, eval_cfg, acc.device, random_init_model=random_model)
-        protocols.update(self.method.extra_metrics(self.splits, acc.device))
+        protocols.update(method.extra_metrics(self.splits, acc.device))
         model_info = {
             "method": self.recipe["method"],
             "backbone": self.model_config.backbone,
@@ -375,9 +385,11 @@ class Trainer:
             "train_steps": self.total_steps,
             "train_batch_size": int(self.recipe["train"]["batch_size"]),
             "processes": acc.num_processes,
+            "distributed_type": str(acc.distributed_type.value if hasattr(acc.distributed_type, "value") else acc.distributed_type),
+            "mixed_precision": str(acc.mixed_precision),
         }
         metrics = metrics_document(protocols, model_info, self.splits)
-        artifacts = self.method.write_artifacts(self.output_dir)
+        artifacts = method.write_artifacts(self.output_dir)
         if artifacts:
             metrics["artifacts"] = [os.path.relpath(p, self.output_dir) for p in artifacts]
         with atomic_directory(summary["model_dir"]) as tmp:

@@ -77,3 +77,19 @@ def test_accelerate_launch_two_processes_matches_one(tmp_path):
     b = load_file(tmp_path / "one" / "model" / "model.safetensors")
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-5), key
+
+
+def test_accelerate_config_templates_parse():
+    """Every template in accelerate_configs/ loads through Accelerate's own config parser."""
+    import glob
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "accelerate_configs")
+    files = sorted(glob.glob(os.path.join(root, "*.yaml")))
+    assert {os.path.basename(f) for f in files} >= {
+        "single_gpu.yaml", "multi_gpu.yaml", "multi_node.yaml", "fsdp.yaml", "deepspeed_zero2.yaml", "cpu_two_processes.yaml"
+    }
+    for path in files:
+        config = load_config_from_file(path)
+        assert config.num_processes >= 1, path
