@@ -42,6 +42,10 @@ def _cmd_push(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    return _build_parsers()[0]
+
+
+def _build_parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
     from .train import add_train_arguments
 
     parser = argparse.ArgumentParser(
@@ -68,18 +72,20 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--timm-export", action="store_true", help="also write a backbone-only timm-format folder")
     push.add_argument("--dry-run", action="store_true", help="prepare and check the folder, do not upload")
     push.set_defaults(func=_cmd_push)
-    return parser
+    return parser, {"train": train, "methods": methods, "evaluate": evaluate, "push": push}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser, commands = _build_parsers()
     if not argv:
         argv = ["train"]  # `hybridcl` alone runs the main job
-    args = parser.parse_args(argv)
-    if not hasattr(args, "func"):
+    if argv[0] not in commands:
+        args = parser.parse_args(argv)  # --help, or an error naming the valid commands
         parser.print_help()
         return 2
+    # per command, intermixed: `key=value` overrides may come before or after the flags
+    args = commands[argv[0]].parse_intermixed_args(argv[1:])
     try:
         return args.func(args)
     except HybridCLError as err:

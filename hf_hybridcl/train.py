@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="hf_hybridcl.train", description="Train a hybrid contrastive method.")
     add_train_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # `key=value` overrides may come before or after the flags
     try:
         run_from_args(args)
     except HybridCLError as err:

@@ -132,3 +132,11 @@ def test_image_folder_with_mixed_modes_and_sizes_trains(tmp_path):
     assert cli_main(args) == 0
     config = json.loads((out / "model" / "config.json").read_text())
     assert config["id2label"] == {"0": "cats", "1": "dogs"}
+
+
+def test_overrides_may_come_before_flags():
+    from hf_hybridcl.cli import _build_parsers
+
+    _, commands = _build_parsers()
+    args = commands["train"].parse_intermixed_args(["train.batch_size=8", "--max-steps", "3", "optim.lr=0.1", "--method", "moco"])
+    assert (args.max_steps, args.method, args.overrides) == (3, "moco", ["train.batch_size=8", "optim.lr=0.1"])
