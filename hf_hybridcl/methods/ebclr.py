@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HybridCLError
-from ..losses import gather_with_grad, pairwise_similarity, world_size
+from ..losses import gather_with_grad, pairwise_similarity, rank_offset, world_size
 from ..modeling_hybridcl import HybridCLModel
 from ..sampling import ReplayBuffer, diverged_rows, msgld_noise_std, sgld_sample
 from .base import Batch, HybridMethod, TrainContext
@@ -94,6 +94,20 @@ class EBCLR(HybridMethod):
                 f"method_args.allow_batchnorm=true to train anyway."
             )
         self.buffer = self._make_buffer(int(hp["buffer_size"]))
+        # the step's randomness (slots, re-inits, SGLD noise) comes from a generator seeded by (seed, step, rank):
+        # both are checkpointed, so a resumed run samples exactly like a straight one
+        self.register_buffer("rng_seed", torch.randint(0, 2**31 - 1, (), dtype=torch.long))
+        self.register_buffer("rng_step", torch.zeros((), dtype=torch.long))
+
+    def step_generator(self, device: torch.device) -> torch.Generator:
+        """A fresh generator for this step, seeded from the checkpointed seed, the step counter and the rank."""
+        world = world_size()
+        rank = rank_offset(1)
+        seed = (int(self.rng_seed) * 1_000_003 + int(self.rng_step) * world + rank) % (2**63 - 1)
+        self.rng_step += 1
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        return generator
 
     def _check_hparams(self) -> None:
         hp = self.hparams
@@ -152,7 +166,8 @@ class EBCLR(HybridMethod):
         z2_all = gather_with_grad(z2)  # the marginal energy sums over the global batch of second views
         log_q_data = ebclr_marginal_log_density(z1, z2_all, tau)
 
-        samples, draw, rows, proposal = self._sample(v1, z2_all.detach())
+        generator = self.step_generator(v1.device)
+        samples, draw, rows, proposal = self._sample(v1, z2_all.detach(), generator)
         bad_pixels = ~torch.isfinite(samples.flatten(1)).all(dim=1)
         fed = torch.where(bad_pixels.view(-1, 1, 1, 1), proposal, samples) if bad_pixels.any() else samples
         raw_s = self.project(fed)
@@ -162,7 +177,7 @@ class EBCLR(HybridMethod):
         # divergence guard: restart the slots of chains whose samples or energies blew up
         energy_s = -log_q_sgld.detach()
         diverged = diverged_rows(energy_s, samples, float(hp["divergence_energy_threshold"]))
-        restarted = self.buffer.write_shared(draw, samples, diverged, proposal)
+        restarted = self.buffer.write_shared(draw, samples, diverged, proposal, generator)
         # rows with a finite but exploding energy leave the loss; a non-finite one makes the loss non-finite and the
         # loop skips the step (masking it would still put NaN into the parameter gradients)
         keep = ~(torch.isfinite(energy_s) & diverged)
@@ -182,12 +197,12 @@ class EBCLR(HybridMethod):
         }
         return loss, logs
 
-    def _sample(self, v1: torch.Tensor, contrast: torch.Tensor):
+    def _sample(self, v1: torch.Tensor, contrast: torch.Tensor, generator: torch.Generator):
         """MSGLD from the replay buffer (sec. 4.2): draw starts, run the chains, return samples and bookkeeping."""
         hp = self.hparams
         n = v1.shape[0]
-        proposal = v1.detach().float() if hp["proposal"] == "data" else self.buffer.uniform_proposal(n)
-        draw, rows = self.buffer.draw_shared(n, proposal)
+        proposal = v1.detach().float() if hp["proposal"] == "data" else self.buffer.uniform_proposal(n, generator)
+        draw, rows = self.buffer.draw_shared(n, proposal, generator)
         sigma = msgld_noise_std(
             draw.counts[rows], float(hp["sgld_noise_min"]), float(hp["sgld_noise_max"]), float(hp["sgld_noise_decay_count"])
         )
@@ -207,6 +222,7 @@ class EBCLR(HybridMethod):
             pixel_clamp=(-1.0, 1.0) if hp["sgld_pixel_clamp"] else None,
             model=self.model,
             mode=hp["sgld_model_mode"],
+            generator=generator,
         )
         return samples, draw, rows, proposal
 

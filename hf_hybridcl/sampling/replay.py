@@ -24,7 +24,8 @@ to 256 levels, absolute error at most ``1/255`` (half of the level spacing ``2/2
 
 ``samples`` and ``counters`` are registered buffers, so the buffer is part of the owning method's ``state_dict``
 and is checkpointed and restored bit-exactly. Randomness comes from the torch global RNG (checkpointed by
-Accelerate), so a resumed run draws the same slots as a straight one.
+Accelerate) or from a ``generator`` the caller passes (EBCLR derives one per step from a checkpointed seed and step
+counter, so a resumed run draws the same slots as a straight one whatever else consumed the global RNG).
 """
 
 from __future__ import annotations
@@ -114,19 +115,19 @@ class ReplayBuffer(nn.Module):
         return int((self.counters >= 0).sum().item())
 
     # -- draw / write ----------------------------------------------------------------------------------------
-    def uniform_proposal(self, n: int) -> torch.Tensor:
+    def uniform_proposal(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``n`` samples of uniform noise in [-1, 1] (JEM's proposal)."""
-        return torch.rand(n, *self.sample_shape, device=self.samples.device) * 2.0 - 1.0
+        return torch.rand(n, *self.sample_shape, device=self.samples.device, generator=generator) * 2.0 - 1.0
 
-    def draw_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draw_indices(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` distinct random slots and the re-initialisation mask (each slot with probability ``rho``)."""
         if n > self.capacity:
             raise HybridCLError(
                 f"cannot draw {n} chains from a replay buffer of {self.capacity} slots; raise the buffer size or lower the batch."
             )
         device = self.samples.device
-        indices = torch.randperm(self.capacity, device=device)[:n]
-        reinit = torch.rand(n, device=device) < self.reinit_prob
+        indices = torch.randperm(self.capacity, device=device, generator=generator)[:n]
+        reinit = torch.rand(n, device=device, generator=generator) < self.reinit_prob
         return indices, reinit
 
     def draw(
@@ -135,16 +136,18 @@ class ReplayBuffer(nn.Module):
         proposal: torch.Tensor | None = None,
         indices: torch.Tensor | None = None,
         reinit: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> BufferDraw:
         """Draw ``n`` chain starts (module docstring). ``proposal`` ``(n, ...)`` supplies the fresh samples (e.g. the
         current batch's augmented views); ``None`` uses uniform noise in [-1, 1]. ``indices``/``reinit`` may be
-        given (e.g. broadcast from rank 0 so all processes use the same slots); otherwise they are drawn here."""
+        given (e.g. broadcast from rank 0 so all processes use the same slots); otherwise they are drawn here with
+        ``generator`` (default: the torch global RNG)."""
         if indices is None or reinit is None:
-            indices, reinit = self.draw_indices(n)
+            indices, reinit = self.draw_indices(n, generator)
         if indices.shape != (n,) or reinit.shape != (n,):
             raise HybridCLError(f"indices and reinit must have shape ({n},).")
         if proposal is None:
-            proposal = self.uniform_proposal(n)
+            proposal = self.uniform_proposal(n, generator)
         if tuple(proposal.shape) != (n, *self.sample_shape):
             raise HybridCLError(
                 f"replay buffer proposal must have shape {(n, *self.sample_shape)}, got {tuple(proposal.shape)}; "
@@ -175,24 +178,28 @@ class ReplayBuffer(nn.Module):
         self.counters[indices] = self.reinit_count
 
     @torch.no_grad()
-    def reinitialize_where(self, draw: BufferDraw, mask: torch.Tensor, proposal: torch.Tensor | None = None) -> int:
+    def reinitialize_where(
+        self, draw: BufferDraw, mask: torch.Tensor, proposal: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> int:
         """Restart the drawn slots where ``mask`` is true from the matching ``proposal`` rows (uniform noise if
         ``None``); returns how many slots were restarted."""
         count = int(mask.sum().item())
         if count:
-            fresh = proposal[mask] if proposal is not None else self.uniform_proposal(count)
+            fresh = proposal[mask] if proposal is not None else self.uniform_proposal(count, generator)
             self.reinitialize(draw.indices[mask], fresh)
         return count
 
     # -- several processes -----------------------------------------------------------------------------------
-    def draw_shared(self, n_local: int, proposal_local: torch.Tensor | None = None) -> tuple[BufferDraw, slice]:
+    def draw_shared(
+        self, n_local: int, proposal_local: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> tuple[BufferDraw, slice]:
         """Draw the chain starts of the global batch (``n_local`` rows per process) identically on every process.
 
         Returns the global draw and the slice of its rows this process runs. ``proposal_local`` ``(n_local, ...)``
         (``None``: uniform noise) is gathered so every process sees the proposal of every row."""
         world = world_size()
         n = n_local * world
-        indices, reinit = self.draw_indices(n)
+        indices, reinit = self.draw_indices(n, generator)
         if world > 1:
             import torch.distributed as dist
 
@@ -201,7 +208,7 @@ class ReplayBuffer(nn.Module):
             dist.broadcast(flag, src=0)
             reinit = flag.bool()
         if proposal_local is None:
-            proposal_local = self.uniform_proposal(n_local)
+            proposal_local = self.uniform_proposal(n_local, generator)
         proposal = gather_no_grad(proposal_local.detach().float().contiguous())
         draw = self.draw(n, proposal, indices, reinit)
         offset = rank_offset(n_local)
@@ -214,6 +221,7 @@ class ReplayBuffer(nn.Module):
         samples_local: torch.Tensor,
         diverged_local: torch.Tensor | None = None,
         proposal_local: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> int:
         """Write the chains of all processes back; restart the slots whose chains diverged (``diverged_local``)
         from the proposal (``None``: uniform noise). Returns the global number of restarted slots."""
@@ -224,7 +232,7 @@ class ReplayBuffer(nn.Module):
         diverged = gather_no_grad(diverged_local.to(torch.uint8).contiguous()).bool()
         proposal = gather_no_grad(proposal_local.detach().float().contiguous()) if proposal_local is not None else None
         if proposal is None and diverged.any():  # same decision on every process: ``diverged`` is gathered
-            proposal = gather_no_grad(self.uniform_proposal(samples_local.shape[0]))
+            proposal = gather_no_grad(self.uniform_proposal(samples_local.shape[0], generator))
         return self.reinitialize_where(draw, diverged, proposal)
 
     @torch.no_grad()

@@ -68,6 +68,7 @@ def sgld_sample(
     pixel_clamp: tuple[float, float] | None = None,
     model: nn.Module | None = None,
     mode: Mode = "eval",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Run ``steps`` SGLD steps from ``x0`` (``(B, ...)``) and return the detached samples.
 
@@ -78,6 +79,7 @@ def sgld_sample(
         grad_clamp: clamp each gradient element to ``[-grad_clamp, grad_clamp]`` (EBCLR: 1.0); ``None`` = off.
         pixel_clamp: clamp the samples to ``(lo, hi)`` after every step; ``None`` = off (EBCLR and JEM).
         model: the network inside ``energy_fn``; it is put in ``mode`` during sampling and restored afterwards.
+        generator: source of the noise (default: the torch global RNG).
     """
     if steps < 0 or step_size < 0:
         raise HybridCLError(f"SGLD needs steps >= 0 and step_size >= 0, got steps={steps}, step_size={step_size}.")
@@ -100,7 +102,8 @@ def sgld_sample(
             (grad,) = torch.autograd.grad(energy.sum(), [x])
             if grad_clamp is not None:
                 grad = grad.clamp(-grad_clamp, grad_clamp)
-            x = x.detach() - step_size * grad + sigma * torch.randn_like(x)
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x.detach() - step_size * grad + sigma * noise
             if pixel_clamp is not None:
                 x = x.clamp(pixel_clamp[0], pixel_clamp[1])
     return x.detach()
