@@ -27,6 +27,7 @@ class HybridCLConfig(PreTrainedConfig):
             the usual choice for 32x32 and smaller images.
         proj_hidden_dim, proj_output_dim, proj_num_layers (`int`): MLP projection head; the output is
             L2-normalised. ``proj_num_layers = 0`` disables the head.
+        proj_activation (`str`): hidden activation of the head: ``relu``, ``leaky_relu`` (slope 0.2, as EBCLR) or ``gelu``.
         method (`str`): the training method that produced the weights (provenance only).
         classifier_dropout (`float`): dropout before the classification layer.
     """
@@ -43,6 +44,7 @@ class HybridCLConfig(PreTrainedConfig):
     proj_hidden_dim: int = 512
     proj_output_dim: int = 128
     proj_num_layers: int = 2
+    proj_activation: str = "relu"
     method: str = "none"
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02
@@ -90,6 +92,8 @@ class HybridCLConfig(PreTrainedConfig):
                     f"patch_size {patch} does not divide image_size {self.image_size}: a ViT needs "
                     f"image_size to be a multiple of patch_size (e.g. image_size {patch * max(1, self.image_size // patch)})."
                 )
+        if self.proj_activation not in ("relu", "leaky_relu", "gelu"):
+            raise ValueError(f"proj_activation must be relu, leaky_relu or gelu, got {self.proj_activation!r}.")
         if self.proj_num_layers < 0 or (self.proj_num_layers > 0 and (self.proj_output_dim < 1 or self.proj_hidden_dim < 1)):
             raise ValueError("projection head sizes must be positive (proj_num_layers=0 disables the head).")
 

@@ -92,15 +92,22 @@ def _apply_cifar_stem(backbone: nn.Module, config: HybridCLConfig) -> None:
     backbone.maxpool = nn.Identity()
 
 
-class HybridCLProjectionHead(nn.Module):
-    """MLP projection head (Linear-ReLU repeated, last layer linear); the output is L2-normalised in the model."""
+_HEAD_ACTIVATIONS = {
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leaky_relu": lambda: nn.LeakyReLU(0.2, inplace=True),
+    "gelu": nn.GELU,
+}
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
+
+class HybridCLProjectionHead(nn.Module):
+    """MLP projection head (Linear-activation repeated, last layer linear); the output is L2-normalised in the model."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, activation: str = "relu"):
         super().__init__()
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(num_layers - 1):
-            layers += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
+            layers += [nn.Linear(dim, hidden_dim), _HEAD_ACTIVATIONS[activation]()]
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         self.layers = nn.Sequential(*layers)
@@ -197,7 +204,8 @@ class HybridCLModel(HybridCLPreTrainedModel):
         self.num_features = self.backbone.num_features
         if config.proj_num_layers > 0:
             self.projection = HybridCLProjectionHead(
-                self.num_features, config.proj_hidden_dim, config.proj_output_dim, config.proj_num_layers
+                self.num_features, config.proj_hidden_dim, config.proj_output_dim, config.proj_num_layers,
+                config.proj_activation,
             )
         else:
             self.projection = None

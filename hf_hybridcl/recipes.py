@@ -33,9 +33,11 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "image_mean": None,
         "image_std": None,
         "cifar_stem": False,
+        "classifier_dropout": 0.0,
         "proj_hidden_dim": 256,
         "proj_output_dim": 64,
         "proj_num_layers": 2,
+        "proj_activation": "relu",
     },
     "method_args": {},
     "views": {
@@ -179,6 +181,25 @@ def merge(base: dict[str, Any], update: dict[str, Any], path: tuple[str, ...] = 
     return out
 
 
+def merge_model_section_aware(recipe: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """:func:`merge`, except that backbone keyword arguments belong to one backbone: switching ``model.backbone``
+    drops the previous backbone's kwargs, and a complete ``backbone_kwargs`` mapping (from a recipe file) replaces
+    them. A single dotted override such as ``model.backbone_kwargs.depth=4`` still updates one key."""
+    model_update = update.get("model") or {}
+    recipe = copy.deepcopy(recipe)
+    new_backbone = model_update.get("backbone")
+    if new_backbone is not None and new_backbone != recipe["model"]["backbone"] and "backbone_kwargs" not in model_update:
+        recipe["model"]["backbone_kwargs"] = {}
+    kwargs_update = model_update.get("backbone_kwargs", "absent")
+    if kwargs_update is None:
+        update = copy.deepcopy(update)
+        update["model"]["backbone_kwargs"] = {}
+        recipe["model"]["backbone_kwargs"] = {}
+    elif isinstance(kwargs_update, dict) and (len(kwargs_update) > 1 or "backbone" in model_update):
+        recipe["model"]["backbone_kwargs"] = {}
+    return merge(recipe, update)
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``optim.lr=0.01`` -> ``{"optim": {"lr": 0.01}}`` (value parsed as YAML)."""
     if "=" not in text:
@@ -206,7 +227,7 @@ def resolve_recipe(
     if recipe_path is None:
         recipe_path = find_recipe(method or recipe["method"], dataset or recipe["data"]["dataset"])
     if recipe_path is not None:
-        recipe = merge(recipe, load_yaml(recipe_path))
+        recipe = merge_model_section_aware(recipe, load_yaml(recipe_path))
     if method is not None:
         if recipe_path is not None and recipe.get("method") not in (None, method):
             raise HybridCLError(
@@ -219,8 +240,8 @@ def resolve_recipe(
         if value is None:
             continue
         section, key = section_key.split(".")
-        recipe = merge(recipe, {section: {key: value}})
+        recipe = merge_model_section_aware(recipe, {section: {key: value}})
     for text in overrides or []:
-        recipe = merge(recipe, parse_override(text))
+        recipe = merge_model_section_aware(recipe, parse_override(text))
     recipe["_recipe_file"] = os.path.basename(recipe_path) if recipe_path else None
     return recipe

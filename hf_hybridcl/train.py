@@ -200,9 +200,11 @@ class Trainer:
             )
         self.sampler = EpochShuffleSampler(len(self.dataset), seed=int(train_cfg["seed"]))
         num_workers = int(data_cfg["num_workers"])
+        # The loader's own generator: creating an iterator (every epoch, and after a resume) must not draw from the
+        # global RNG, which methods use during steps and which the checkpoint restores.
         loader = DataLoader(
             self.dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True, num_workers=num_workers,
-            persistent_workers=False,
+            persistent_workers=False, generator=torch.Generator().manual_seed(int(train_cfg["seed"])),
         )
         grad_accum = int(train_cfg["grad_accum"])
         self.batches_per_epoch = len(loader)

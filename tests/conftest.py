@@ -60,3 +60,22 @@ def tiny_train_overrides(batch_size: int = 32) -> list[str]:
         "eval.linear_epochs=5",
         "eval.random_init_baseline=false",
     ]
+
+
+@pytest.fixture(scope="session")
+def simclr_run_template(tmp_path_factory):
+    """One tiny trained SimCLR run (20 steps on the digits), trained once per session. Copy it before mutating."""
+    from hf_hybridcl.cli import main
+
+    out = str(tmp_path_factory.mktemp("simclr_run_template") / "run")
+    assert main(["train", "--method", "simclr", "--max-steps", "20", "--output-dir", out, *tiny_train_overrides()]) == 0
+    return out
+
+
+def copy_run(template: str, tmp_path_factory, name: str) -> str:
+    """A private copy of a trained run directory (evaluation and push write into it)."""
+    import shutil
+
+    out = str(tmp_path_factory.mktemp(name) / "run")
+    shutil.copytree(template, out)
+    return out

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import tiny_train_overrides
+from tests.conftest import copy_run
 from hf_hybridcl.cli import main
 from hf_hybridcl.errors import HybridCLError
 
@@ -30,10 +30,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("eval_suite") / "run")
-    assert main(["train", "--method", "simclr", "--max-steps", "20", "--output-dir", out, *tiny_train_overrides()]) == 0
-    return out
+def run_dir(simclr_run_template, tmp_path_factory):
+    return copy_run(simclr_run_template, tmp_path_factory, "eval_suite")
 
 
 @pytest.fixture(scope="module")

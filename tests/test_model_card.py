@@ -10,17 +10,15 @@ import sys
 
 import pytest
 
-from tests.conftest import tiny_train_overrides
+from tests.conftest import copy_run
 from hf_hybridcl.cli import main
 
 METHODS = ("simclr", "supcon", "ce", "moco", "genscl", "hdge", "ebclr", "gcrl", "robustcl")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("card") / "run")
-    assert main(["train", "--method", "simclr", "--max-steps", "20", "--output-dir", out, *tiny_train_overrides()]) == 0
-    return out
+def run_dir(simclr_run_template, tmp_path_factory):
+    return copy_run(simclr_run_template, tmp_path_factory, "card")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hf_hybridcl.cli import main
-from tests.conftest import tiny_train_overrides
+from tests.conftest import copy_run
 
 REPO = "hybridcl-test/tiny-simclr"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -77,10 +77,8 @@ LOADER = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = str(tmp_path_factory.mktemp("push") / "run")
-    assert main(["train", "--method", "simclr", "--max-steps", "20", "--output-dir", out, *tiny_train_overrides()]) == 0
-    return out
+def run_dir(simclr_run_template, tmp_path_factory):
+    return copy_run(simclr_run_template, tmp_path_factory, "push")
 
 
 @pytest.fixture

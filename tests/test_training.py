@@ -43,7 +43,9 @@ def test_four_steps_write_a_loadable_run(tmp_path):
 
 
 def test_resume_after_sigkill_matches_straight_run(tmp_path):
-    common = ["train", "--method", "simclr", "--max-steps", "8", *tiny_train_overrides(), "train.save_every=4"]
+    """HDGE draws input noise from the global RNG and keeps a logit queue: both must come back exactly."""
+    common = ["train", "--method", "hdge", "--max-steps", "8", *tiny_train_overrides(), "train.save_every=4",
+              "method_args.queue_size=128"]
     straight = run_cli([*common, "--output-dir", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr[-2000:]
     killed = run_cli([*common, "--output-dir", str(tmp_path / "resumed")], env={FAULT_ENV: "4"})
@@ -59,6 +61,7 @@ def test_resume_after_sigkill_matches_straight_run(tmp_path):
         assert torch.equal(a[key], b[key]), key
     state_a = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint_8" / "model.safetensors")
     state_b = load_file(tmp_path / "resumed" / "checkpoints" / "checkpoint_8" / "model.safetensors")
+    assert any("queue" in k for k in state_a)
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 

@@ -55,11 +55,33 @@ def evaluate_encoder(
             results["knn" + suffix] = knn_accuracy(
                 train_x, train_y, test_x, test_y, k=eval_cfg.get("knn_k", 20), tau=eval_cfg.get("knn_tau", 0.07)
             )
+    if hasattr(model, "classifier"):  # classifier methods (ce, hdge): the model's own predictions
+        results["classifier"] = classifier_accuracy(model, test_pixels, splits.test.labels, eval_cfg, device)
     for result in results.values():
         result.setdefault("dataset", splits.name)
         result.setdefault("split", "test")
         result.setdefault("train_split", "train")
     return results
+
+
+def classifier_accuracy(model, test_pixels: torch.Tensor, test_labels, eval_cfg: dict[str, Any], device) -> dict:
+    """Test accuracy, ECE and NLL of a classifier's own softmax predictions (clean, un-augmented inputs)."""
+    from .calibration import expected_calibration_error
+
+    logits = torch.as_tensor(extract_features(model, test_pixels, eval_cfg.get("batch_size", 256), device, kind="logits"))
+    labels = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
+    probs = logits.softmax(dim=1).numpy()
+    bins = int(eval_cfg.get("ece_bins", 15))
+    accuracy = float((logits.argmax(1) == labels).float().mean())
+    return {
+        "value": accuracy,
+        "values": {
+            "test_accuracy": accuracy,
+            f"ece_{bins}_bins": expected_calibration_error(probs, labels.numpy(), bins),
+            "nll": float(torch.nn.functional.cross_entropy(logits, labels)),
+        },
+        "settings": {"predictions": "the model's own classifier, softmax of logits", "ece_bins": bins},
+    }
 
 
 def finite_or_none(value: Any) -> Any:

@@ -13,8 +13,15 @@ from .contrastive import (
     view_pair_weights,
 )
 from .distributed import gather_no_grad, gather_with_grad, rank_offset, world_size
+from .hdge import HDGEContrastiveLoss, LogitQueue, hdge_contrastive_loss, hdge_label_distribution
+from .jem import jem_px_loss
 
 __all__ = [
+    "HDGEContrastiveLoss",
+    "LogitQueue",
+    "hdge_contrastive_loss",
+    "hdge_label_distribution",
+    "jem_px_loss",
     "LabelSimilarityContrastiveLoss",
     "NTXentLoss",
     "gather_no_grad",
