@@ -116,18 +116,24 @@ def store_gradients(params: Iterable[torch.nn.Parameter]) -> GradientStore:
 @contextlib.contextmanager
 def frozen_bn_stats(*modules: nn.Module) -> Iterator[None]:
     """BatchNorm layers inside ``modules`` keep normalising with batch statistics in train mode, but their running
-    mean/var and batch counters are restored on exit (SAM's perturbed pass must not move them)."""
+    mean/var do not move (SAM's perturbed pass must not update them).
+
+    Implemented with ``momentum = 0`` (running ← 1·running + 0·batch) rather than copying saved values back, because
+    BatchNorm saves its running buffers for backward: overwriting them before ``backward`` would break autograd,
+    and swapping in new tensors would detach them from DDP's buffer broadcast. The batch counter is restored on exit.
+    """
     norms = [m for module in modules for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [
-        {name: buf.detach().clone() for name, buf in m.named_buffers(recurse=False) if buf is not None} for m in norms
-    ]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     try:
+        for m in norms:
+            m.momentum = 0.0
         yield
     finally:
-        with torch.no_grad():
-            for m, buffers in zip(norms, saved):
-                for name, value in buffers.items():
-                    getattr(m, name).copy_(value)
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                with torch.no_grad():
+                    m.num_batches_tracked.copy_(count)
 
 
 __all__ = ["SAM", "GradientStore", "frozen_bn_stats", "store_gradients"]
