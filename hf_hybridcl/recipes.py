@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from importlib import resources
 from typing import Any
 
@@ -158,7 +159,21 @@ def load_yaml(path: str) -> dict[str, Any]:
         data = yaml.safe_load(handle) or {}
     if not isinstance(data, dict):
         raise HybridCLError(f"recipe {path} must be a YAML mapping of sections (data, model, optim, ...).")
-    return {k: v for k, v in data.items() if not str(k).startswith("_")}  # drop bookkeeping of saved recipes
+    return coerce_numbers({k: v for k, v in data.items() if not str(k).startswith("_")})  # drop saved bookkeeping
+
+
+_SCIENTIFIC = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
+def coerce_numbers(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; turn such strings into floats, recursively."""
+    if isinstance(value, str) and _SCIENTIFIC.match(value.strip()):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: coerce_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [coerce_numbers(v) for v in value]
+    return value
 
 
 def merge(base: dict[str, Any], update: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -208,7 +223,7 @@ def parse_override(text: str) -> dict[str, Any]:
     parts = [p for p in key.strip().split(".") if p]
     if len(parts) < 2 and parts != ["method"]:
         raise HybridCLError(f"override {text!r} needs a section, e.g. train.batch_size=64 or method_args.tau=0.2.")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    value = coerce_numbers(yaml.safe_load(raw)) if raw.strip() else None
     nested: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):
         nested = {part: nested}

@@ -79,3 +79,41 @@ def copy_run(template: str, tmp_path_factory, name: str) -> str:
     out = str(tmp_path_factory.mktemp(name) / "run")
     shutil.copytree(template, out)
     return out
+
+
+def launch_two_processes(fn, timeout: float = 300.0) -> None:
+    """Run ``fn()`` in 2 forked gloo CPU processes on a free port (``accelerate.debug_launcher`` always binds
+    port 29500, so two launches in one session can collide). ``fn`` builds ``PartialState(cpu=True)`` itself."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("fork")
+    processes = []
+    for rank in range(2):
+        env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "ACCELERATE_USE_CPU": "1"}
+        process = ctx.Process(target=_two_process_child, args=(fn, env))
+        process.start()
+        processes.append(process)
+    for process in processes:
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+    assert [p.exitcode for p in processes] == [0, 0], f"worker exit codes {[p.exitcode for p in processes]}"
+
+
+def _two_process_child(fn, env: dict) -> None:
+    os.environ.update(env)
+    from accelerate.state import PartialState
+
+    PartialState._reset_state()  # forked from a process whose in-process runs may have left a 1-process state
+    fn()
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -19,7 +19,6 @@ def _gradient_worker():
 
     from hf_hybridcl.methods.simclr import global_nt_xent
 
-    PartialState._reset_state()  # forked from a process whose in-process runs left a 1-process state behind
     state = PartialState(cpu=True)
     rank, world = state.process_index, state.num_processes
     torch.manual_seed(0)
@@ -37,12 +36,12 @@ def _gradient_worker():
 
 
 def test_two_process_gradient_equals_global_batch(tmp_path):
-    from accelerate import debug_launcher
+    from tests.conftest import launch_two_processes
 
     from hf_hybridcl.losses import nt_xent_loss
 
     os.environ["HYBRIDCL_TEST_OUT"] = str(tmp_path / "grad")
-    debug_launcher(_gradient_worker, num_processes=2)
+    launch_two_processes(_gradient_worker)
     torch.manual_seed(0)
     layer = torch.nn.Linear(6, 5)
     x1, x2 = torch.randn(8, 6), torch.randn(8, 6)

@@ -25,8 +25,8 @@ def _layer() -> torch.nn.Linear:
 
 
 def _losses(layer, x1, x2, labels, d1, d2):
-    from hf_hybridcl.methods.genscl import global_genscl
-    from hf_hybridcl.methods.supcon import global_supcon
+    from hf_hybridcl.losses import global_genscl
+    from hf_hybridcl.losses import global_supcon
 
     z1, z2 = F.normalize(layer(x1), dim=-1), F.normalize(layer(x2), dim=-1)
     return {
@@ -39,7 +39,6 @@ def _worker():
     import torch.distributed as dist
     from accelerate import PartialState
 
-    PartialState._reset_state()  # forked from a process whose in-process runs left a 1-process state behind
     state = PartialState(cpu=True)
     rank, world = state.process_index, state.num_processes
     x1, x2, labels, d1, d2 = _data()
@@ -59,12 +58,12 @@ def _worker():
 
 
 def test_two_process_supcon_and_genscl_gradients_equal_global_batch(tmp_path):
-    from accelerate import debug_launcher
+    from tests.conftest import launch_two_processes
 
     from hf_hybridcl.losses import genscl_loss, supcon_loss
 
     os.environ["HYBRIDCL_TEST_OUT"] = str(tmp_path / "grad")
-    debug_launcher(_worker, num_processes=2)
+    launch_two_processes(_worker)
     x1, x2, labels, d1, d2 = _data()
     for name in ("supcon", "genscl"):
         layer = _layer()

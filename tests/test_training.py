@@ -143,3 +143,21 @@ def test_overrides_may_come_before_flags():
     _, commands = _build_parsers()
     args = commands["train"].parse_intermixed_args(["train.batch_size=8", "--max-steps", "3", "optim.lr=0.1", "--method", "moco"])
     assert (args.max_steps, args.method, args.overrides) == (3, "moco", ["train.batch_size=8", "optim.lr=0.1"])
+
+
+def test_scientific_notation_is_a_number_in_overrides_and_recipes(tmp_path):
+    from hf_hybridcl.recipes import resolve_recipe
+
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("method: simclr\noptim:\n  lr: 3e-4\n")
+    recipe = resolve_recipe(None, str(recipe_file), None, {}, ["optim.weight_decay=1e-4"])
+    assert recipe["optim"]["lr"] == 3e-4 and recipe["optim"]["weight_decay"] == 1e-4
+
+
+def test_switching_backbone_drops_the_previous_backbone_kwargs():
+    from hf_hybridcl.recipes import resolve_recipe
+
+    recipe = resolve_recipe("simclr", None, None, {"model.backbone": "resnet18"}, ["model.cifar_stem=true"])
+    assert recipe["model"]["backbone_kwargs"] == {}
+    recipe = resolve_recipe("simclr", None, None, {}, ["model.backbone_kwargs.depth=3"])
+    assert recipe["model"]["backbone_kwargs"]["depth"] == 3 and recipe["model"]["backbone_kwargs"]["patch_size"] == 4

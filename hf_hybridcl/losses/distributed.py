@@ -61,3 +61,8 @@ def rank_offset(rows: int) -> int:
 
 def world_size() -> int:
     return _world()[0]
+
+
+def rank() -> int:
+    """This process's index (0 on a single process)."""
+    return _world()[1]

@@ -22,24 +22,12 @@ import torch
 
 from ..data.mixing import MIX_MODES, mix_batch
 from ..errors import HybridCLError
-from ..losses import soft_label_weights
-from ..losses.distributed import _world
+from ..losses import global_genscl
+from ..losses.distributed import rank
 from ..modeling_hybridcl import HybridCLModel
 from .base import Batch, HybridMethod
-from .supcon import check_temperatures, global_label_contrastive_loss
+from .supcon import check_temperatures
 from .teacher import load_teacher
-
-
-def global_genscl(
-    z1: torch.Tensor,
-    z2: torch.Tensor,
-    dists1: torch.Tensor,
-    dists2: torch.Tensor,
-    tau: float = 0.1,
-    base_tau: float | None = None,
-) -> torch.Tensor:
-    """GenSCL loss of two views with label distributions ``(n, C)`` per view, contrast set from all processes."""
-    return global_label_contrastive_loss(z1, z2, dists1, dists2, soft_label_weights, tau, base_tau)
 
 
 class GenSCL(HybridMethod):
@@ -86,7 +74,7 @@ class GenSCL(HybridMethod):
 
     def _generator(self) -> torch.Generator:
         """A CPU generator for this call, seeded from (mix_seed, call count, rank); advances the call count."""
-        entropy = [int(self.mix_seed.item()), int(self.mix_calls.item()), _world()[1]]
+        entropy = [int(self.mix_seed.item()), int(self.mix_calls.item()), rank()]
         self.mix_calls += 1
         seed = int(np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint64)[0] >> 1)
         return torch.Generator().manual_seed(seed)
