@@ -18,7 +18,8 @@ import yaml
 from .errors import HybridCLError
 
 DEFAULT_RECIPE: dict[str, Any] = {
-    "method": "simclr",
+    # `hybridcl train` with no arguments (the main job) trains the flagship hybrid, HDGE, on the embedded digits.
+    "method": "hdge",
     "data": {
         "dataset": "digits",
         "image_column": None,

@@ -406,7 +406,9 @@ class Trainer:
 def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True, leave=True)
+    interactive = sys.stderr.isatty()  # in logs (CI, redirected output) redraw at most every 30 s
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="train", dynamic_ncols=True, leave=True,
+                mininterval=0.1 if interactive else 30.0)
 
 
 def _flat_config(recipe: dict, prefix: str = "") -> dict:
