@@ -192,6 +192,8 @@ def train_argv(claim: Claim, arm: Arm, seed: int, run_dir: str, budget: dict[str
         argv += ["--batch-size", str(arm.batch_size)]
     argv += [f"train.seed={seed}", "train.log_with=none", "train.save_every=100000", "eval.random_init_baseline=false",
              f"eval.linear_epochs={budget['linear_epochs']}"]
+    if budget.get("num_workers"):  # augmentations in a worker process overlap with the step (same views either way)
+        argv.append(f"data.num_workers={budget['num_workers']}")
     argv += list(arm.overrides)
     if teacher_dir:
         argv.append(f"method_args.teacher={teacher_dir}")
@@ -342,7 +344,8 @@ def budget_for(claim: Claim, args) -> dict[str, Any]:
     if args.quick:
         return {"max_steps": args.quick_steps, "epochs": None, "linear_epochs": 10, "quick": True}
     epochs = max(1, int(round(claim.epochs * args.epochs_scale)))
-    return {"max_steps": None, "epochs": epochs, "linear_epochs": args.linear_epochs, "quick": False}
+    return {"max_steps": None, "epochs": epochs, "linear_epochs": args.linear_epochs, "quick": False,
+            "num_workers": args.num_workers}
 
 
 def run_claim(claim: Claim, seeds: list[int], out_dir: str, args, log: Callable[[str], None]) -> dict:
@@ -475,10 +478,12 @@ def run_full(args, claims: list[str], seeds: list[int]) -> int:
 
 # ------------------------------------------------------------------------------------------------ the report
 def render_report(doc: dict) -> str:
+    minutes = doc.get("seconds", float("nan")) / 60
+    took = f"in {minutes:.1f} min" if not math.isnan(minutes) else "(stopped before the end: partial results)"
     lines = [
         "# Small-scale reproduction of the papers' relative claims",
         "",
-        f"Written by `{doc['command']}` in {doc['seconds'] / 60:.1f} min. Every number is measured by that run "
+        f"Written by `{doc['command']}` {took}. Every number is measured by that run "
         "(seeds " + ", ".join(map(str, doc["seeds"])) + "). These are *relative* checks at digits scale, not the papers' "
         "absolute numbers: a claim reproduced here is a sanity check of the direction, and one not reproduced "
         "at this scale says nothing about CIFAR-10 at the papers' budgets.",
@@ -510,6 +515,8 @@ def render_report(doc: dict) -> str:
         f"- load average at the end: {', '.join(f'{x:.2f}' for x in doc['load_end'])}",
         "",
         "## Verdicts",
+        "",
+        "Claims not run: " + (", ".join(f"`{c}`" for c in doc.get("requested", CLAIM_ORDER) if c not in doc["claims"]) or "none") + ".",
         "",
         "| claim | metric | relation tested | d: mean ± std (seeds; positive = the claimed direction) | verdict |",
         "|---|---|---|---|---|",
@@ -565,8 +572,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dry-run", action="store_true", help="with --full: print the commands only")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="multiply every claim's digits epochs")
     parser.add_argument("--linear-epochs", type=int, default=100)
+    parser.add_argument("--num-workers", type=int, default=0, help="data.num_workers of every digits run (0: in-process)")
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="run folders (keep them out of the repository)")
     parser.add_argument("--report", default=DEFAULT_REPORT, help="markdown report to write (atomically)")
+    parser.add_argument("--from-json", default=None,
+                        help="only render the report from a reproduce.json written by an earlier (possibly stopped) run")
     args = parser.parse_args(argv)
     if args.dry_run and not args.full:
         parser.error("--dry-run only applies to --full")
@@ -583,6 +593,18 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(1 if args.quick else args.seeds))
     if args.full:
         return run_full(args, claims, seeds)
+    if args.from_json:
+        from hf_hybridcl.io_utils import atomic_write_text
+
+        with open(args.from_json) as handle:
+            doc = json.load(handle)
+        for per_claim in doc["claims"].values():  # JSON keys are strings: seeds back to int
+            per_claim["results"] = {arm: {int(k): v for k, v in seeds_.items()} for arm, seeds_ in per_claim["results"].items()}
+        doc.setdefault("seconds", float("nan"))
+        doc.setdefault("load_end", [round(x, 2) for x in os.getloadavg()])
+        atomic_write_text(args.report, render_report(doc))
+        print(f"wrote {args.report} from {args.from_json}")
+        return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from hf_hybridcl.io_utils import atomic_write_json, atomic_write_text
@@ -599,7 +621,8 @@ def main(argv: list[str] | None = None) -> int:
 
     shown = " ".join(argv if argv is not None else sys.argv[1:])
     doc: dict[str, Any] = {"command": f"python scripts/reproduce.py {shown}".strip(), "machine": info, "seeds": seeds,
-                           "linear_epochs": 10 if args.quick else args.linear_epochs, "claims": {}}
+                           "linear_epochs": 10 if args.quick else args.linear_epochs, "claims": {},
+                           "requested": [c for c in CLAIM_ORDER if c in claims]}
     for key in [c for c in CLAIM_ORDER if c in claims]:
         doc["claims"][key] = run_claim(CLAIMS[key], seeds, args.output_dir, args, log)
         atomic_write_json(os.path.join(args.output_dir, "reproduce.json"), doc)

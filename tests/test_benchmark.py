@@ -88,6 +88,10 @@ def test_reproduce_quick_hdge_plumbing(tmp_path):
         for key in ("accuracy", "ece20", "ood_energy_auroc", "ood_msp_auroc", "linear_probe"):
             assert 0.0 <= metrics[key] <= 1.0 or key == "ece20" and metrics[key] >= 0.0
     assert "hybridcl train --method hdge" in text and "train.seed=0" in text
+    # the report can be re-rendered from the JSON of a run (e.g. one stopped before its last claim)
+    again = tmp_path / "again.md"
+    assert reproduce.main(["--from-json", str(tmp_path / "runs" / "reproduce.json"), "--report", str(again)]) == 0
+    assert "| hdge | test accuracy | hdge > ce |" in again.read_text()
 
 
 def test_full_commands_and_offline_message(capsys, monkeypatch):
