@@ -103,35 +103,14 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "corruptions": ["gaussian_noise", "gaussian_blur", "contrast"],
         "tsne_perplexity": 30.0,
         "tsne_iterations": 500,
-        "robust": {  # passed to hf_hybridcl.evaluate.robust.robust_evaluation; CPU-sized (SLF only, capped test set)
-            "probes": ["slf"],
-            "head_lr": 0.1,
-            "head_momentum": 0.9,
-            "head_weight_decay": 1e-4,
-            "slf_epochs": 100,
-            "slf_batch_size": 512,
-            "alf_epochs": 5,
-            "alf_batch_size": 128,
-            "alf_eps": 8 / 255,
-            "alf_step": 2 / 255,
-            "alf_steps": 10,
-            "linf_eps": 8 / 255,
-            "linf_step": 0.8 / 255,
-            "linf_steps": 20,
-            "l2_eps": 0.5,
-            "l2_step": 0.05,
-            "l2_steps": 20,
-            "autoattack": True,
-            "autoattack_max_images": 200,
-            "max_test_images": 500,
-            "batch_size": 256,
-            "seed": 0,
-        },
+        # CPU-sized differences from hf_hybridcl.evaluate.robust.DEFAULT_ROBUST_SETTINGS (which validates the keys)
+        "robust": {"probes": ["slf"], "autoattack_max_images": 200, "max_test_images": 500},
         "card_license": "apache-2.0",
     },
 }
 
-FREE_FORM_KEYS = {("model", "backbone_kwargs"), ("method_args",)}
+MAIN_JOB_RECIPE = "main-digits.yaml"
+FREE_FORM_KEYS = {("model", "backbone_kwargs"), ("method_args",), ("eval", "robust")}
 
 
 def recipe_dir() -> str:
@@ -240,6 +219,8 @@ def resolve_recipe(
 ) -> dict[str, Any]:
     """The full recipe for a run (see module docstring)."""
     recipe = copy.deepcopy(DEFAULT_RECIPE)
+    if method is None and recipe_path is None and dataset is None:
+        recipe_path = os.path.join(recipe_dir(), MAIN_JOB_RECIPE)  # `hybridcl train` alone: the main job
     if recipe_path is None:
         recipe_path = find_recipe(method or recipe["method"], dataset or recipe["data"]["dataset"])
     if recipe_path is not None:

@@ -426,7 +426,8 @@ def _flat_config(recipe: dict, prefix: str = "") -> dict:
 
 # ------------------------------------------------------------------------------------------------- entry points
 def add_train_arguments(parser) -> None:
-    parser.add_argument("--method", help="training method (see `hybridcl methods`); default: the recipe's, else simclr")
+    parser.add_argument("--method", help="training method (see `hybridcl methods`); with no method, recipe or data set: "
+                        "the main job (recipes/main-digits.yaml, HDGE)")
     parser.add_argument("--recipe", help="YAML recipe file or packaged recipe name (default: <method>-<dataset>.yaml)")
     parser.add_argument("--dataset", help="Hugging Face data set name, local image folder, or 'digits' (embedded)")
     parser.add_argument("--image-column", help="image column of a Hugging Face data set (detected if omitted)")

@@ -161,3 +161,11 @@ def test_switching_backbone_drops_the_previous_backbone_kwargs():
     assert recipe["model"]["backbone_kwargs"] == {}
     recipe = resolve_recipe("simclr", None, None, {}, ["model.backbone_kwargs.depth=3"])
     assert recipe["model"]["backbone_kwargs"]["depth"] == 3 and recipe["model"]["backbone_kwargs"]["patch_size"] == 4
+
+
+def test_no_arguments_is_the_main_job():
+    from hf_hybridcl.recipes import MAIN_JOB_RECIPE, resolve_recipe
+
+    recipe = resolve_recipe(None, None, None, {}, [])
+    assert (recipe["method"], recipe["_recipe_file"], recipe["data"]["dataset"]) == ("hdge", MAIN_JOB_RECIPE, "digits")
+    assert resolve_recipe("hdge", None, None, {}, [])["_recipe_file"] == "hdge-digits.yaml"

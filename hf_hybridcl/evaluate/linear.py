@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 
 def linear_probe(
@@ -21,29 +19,12 @@ def linear_probe(
     """Train a linear classifier (Adam, cross-entropy) on standardised train features; report test accuracy.
 
     Features are standardised with the train mean/std (part of the probe, so the lr transfers across encoders)."""
-    generator = torch.Generator().manual_seed(seed)
-    xtr, xte = torch.as_tensor(train_x, dtype=torch.float32), torch.as_tensor(test_x, dtype=torch.float32)
-    ytr, yte = torch.as_tensor(train_y, dtype=torch.long), torch.as_tensor(test_y, dtype=torch.long)
-    mean, std = xtr.mean(0, keepdim=True), xtr.std(0, keepdim=True).clamp_min(1e-6)
-    xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    num_classes = int(max(ytr.max(), yte.max()).item()) + 1
-    layer = torch.nn.Linear(xtr.shape[1], num_classes)
-    torch.nn.init.zeros_(layer.weight)
-    torch.nn.init.zeros_(layer.bias)
-    optimizer = torch.optim.Adam(layer.parameters(), lr=lr, weight_decay=weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs))
-    for _ in range(epochs):
-        order = torch.randperm(xtr.shape[0], generator=generator)
-        for start in range(0, xtr.shape[0], batch_size):
-            idx = order[start : start + batch_size]
-            loss = F.cross_entropy(layer(xtr[idx]), ytr[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        scheduler.step()
-    with torch.no_grad():
-        train_acc = (layer(xtr).argmax(1) == ytr).float().mean().item()
-        test_acc = (layer(xte).argmax(1) == yte).float().mean().item()
+    from .heads import fit_linear_head
+
+    num_classes = int(max(np.max(train_y), np.max(test_y))) + 1
+    head = fit_linear_head(train_x, train_y, num_classes, epochs, lr, batch_size, weight_decay, seed)
+    train_acc = float((head.logits(train_x).argmax(1) == np.asarray(train_y)).mean())
+    test_acc = float((head.logits(test_x).argmax(1) == np.asarray(test_y)).mean())
     return {
         "value": test_acc,
         "values": {"test_accuracy": test_acc, "train_accuracy": train_acc},
