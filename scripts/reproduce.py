@@ -507,7 +507,10 @@ def render_report(doc: dict) -> str:
         "- Verdict rules: \"A beats B\": per-seed d = A - B (sign flipped where lower is better); **reproduced** if "
         "mean(d) > 0 and mean(d) > 2 std(d) (sample std over seeds), **not reproduced** if mean(d) < 0 and |mean(d)| "
         "> 2 std(d), else **inconclusive** (always with one seed). \"A ≈ B within m\": reproduced if |mean(d)| + 2 "
-        "std(d) <= m, not reproduced if |mean(d)| > m and > 2 std(d), else inconclusive.",
+        "std(d) <= m, not reproduced if |mean(d)| > m and > 2 std(d), else inconclusive. With 2 or 3 seeds std(d) is "
+        "a crude estimate: read a verdict together with the per-arm table.",
+        "- Equal epochs means unequal optimiser steps where the batch differs: EBCLR at batch 16 takes 8x the steps of "
+        "batch 128 (and SimCLR/MoCo at batch 256 half); at a few epochs this favours the smaller batch.",
         "",
         "## Machine",
         "",
@@ -576,7 +579,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR, help="run folders (keep them out of the repository)")
     parser.add_argument("--report", default=DEFAULT_REPORT, help="markdown report to write (atomically)")
     parser.add_argument("--from-json", default=None,
-                        help="only render the report from a reproduce.json written by an earlier (possibly stopped) run")
+                        help="only render the report from reproduce.json file(s) of earlier (possibly stopped or partial "
+                             "--only) runs, comma-separated; their claims are merged")
     args = parser.parse_args(argv)
     if args.dry_run and not args.full:
         parser.error("--dry-run only applies to --full")
@@ -596,10 +600,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         from hf_hybridcl.io_utils import atomic_write_text
 
-        with open(args.from_json) as handle:
-            doc = json.load(handle)
-        for per_claim in doc["claims"].values():  # JSON keys are strings: seeds back to int
-            per_claim["results"] = {arm: {int(k): v for k, v in seeds_.items()} for arm, seeds_ in per_claim["results"].items()}
+        doc = None
+        for path in args.from_json.split(","):  # parts of one reproduction run as separate processes (--only)
+            with open(path) as handle:
+                part = json.load(handle)
+            for per_claim in part["claims"].values():  # JSON keys are strings: seeds back to int
+                per_claim["results"] = {arm: {int(k): v for k, v in seeds_.items()} for arm, seeds_ in per_claim["results"].items()}
+            if doc is None:
+                doc = part
+                continue
+            doc["command"] += f" + {part['command']}"
+            doc["claims"].update(part["claims"])
+            doc["requested"] = sorted(set(doc.get("requested", [])) | set(part.get("requested", [])), key=CLAIM_ORDER.index)
+            doc["seconds"] = max(doc.get("seconds", float("nan")), part.get("seconds", float("nan")))
+            doc["load_end"] = part.get("load_end", doc.get("load_end"))
+        doc["claims"] = {k: doc["claims"][k] for k in CLAIM_ORDER if k in doc["claims"]}
         doc.setdefault("seconds", float("nan"))
         doc.setdefault("load_end", [round(x, 2) for x in os.getloadavg()])
         atomic_write_text(args.report, render_report(doc))
