@@ -479,7 +479,9 @@ def run_full(args, claims: list[str], seeds: list[int]) -> int:
 # ------------------------------------------------------------------------------------------------ the report
 def render_report(doc: dict) -> str:
     minutes = doc.get("seconds", float("nan")) / 60
-    took = f"in {minutes:.1f} min" if not math.isnan(minutes) else "(stopped before the end: partial results)"
+    took = f"in {minutes:.1f} min" if not math.isnan(minutes) else (
+        "(report rendered with `--from-json` from the runs' reproduce.json; a run stopped before writing its own "
+        "report has no total time)")
     lines = [
         "# Small-scale reproduction of the papers' relative claims",
         "",
