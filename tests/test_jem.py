@@ -58,3 +58,24 @@ def test_hdge_px_sgld_term_optional(tiny_vit_config):
     assert method.px_buffer.num_filled == 8
     loss.backward()
     assert method.model.classifier.weight.grad is not None
+
+
+def test_hdge_with_jem_term_trains_from_the_cli_and_exports(tmp_path):
+    """`hybridcl train --method hdge method_args.px_sgld_weight=1` trains, checkpoints the JEM buffer, exports."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    from hf_hybridcl.cli import main
+    from tests.conftest import tiny_train_overrides
+
+    out = tmp_path / "run"
+    args = ["train", "--method", "hdge", "--max-steps", "2", "--output-dir", str(out), *tiny_train_overrides(),
+            "method_args.queue_size=64", "method_args.px_sgld_weight=1.0", "method_args.sgld_steps=2",
+            "method_args.sgld_buffer_size=64"]
+    assert main(args) == 0
+    state = load_file(out / "checkpoints" / "checkpoint_2" / "model.safetensors")
+    assert any("buffer" in key for key in state), "the JEM replay buffer must be checkpointed with the method"
+    assert AutoModel.from_pretrained(out / "model") is not None
+    classifier = AutoModelForImageClassification.from_pretrained(out / "model").eval()
+    assert classifier(pixel_values=torch.zeros(2, 1, 16, 16)).logits.shape == (2, 10)

@@ -91,11 +91,30 @@ def soft_label_weights(label_dists: torch.Tensor, contrast_label_dists: torch.Te
     return a @ b.T
 
 
+def paired_contrastive_loss(
+    anchors: torch.Tensor,
+    contrast: torch.Tensor,
+    self_cols: torch.Tensor,
+    positive_cols: torch.Tensor,
+    tau: float,
+    similarity: Similarity = "cosine",
+) -> torch.Tensor:
+    """The label-similarity loss when every anchor has exactly one positive (SimCLR's identity pairing): a
+    cross-entropy over the contrast set with the anchor's own column masked. Same value as
+    :func:`label_similarity_contrastive_loss` with a one-hot weight row, without the dense weight matrix."""
+    logits = pairwise_similarity(anchors.float(), contrast.float(), similarity) / tau
+    self_mask = torch.zeros_like(logits, dtype=torch.bool)
+    self_mask[torch.arange(anchors.shape[0], device=anchors.device), self_cols] = True
+    return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), positive_cols)
+
+
 def nt_xent_loss(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, similarity: Similarity = "cosine") -> torch.Tensor:
     """SimCLR NT-Xent over ``2N`` views of ``N`` images (METHODS.md section 1), mean over the ``2N`` anchors."""
+    n = z1.shape[0]
     z = torch.cat([z1, z2], dim=0)
-    weights = view_pair_weights(z1.shape[0], 2, device=z.device)
-    return label_similarity_contrastive_loss(z, z, weights, tau=tau, similarity=similarity)
+    rows = torch.arange(n, device=z.device)
+    self_cols = torch.cat([rows, rows + n])
+    return paired_contrastive_loss(z, z, self_cols, torch.cat([rows + n, rows]), tau, similarity)
 
 
 def supcon_loss(z: torch.Tensor, labels: torch.Tensor, tau: float = 0.1, base_tau: float | None = None) -> torch.Tensor:

@@ -12,7 +12,13 @@ from typing import Callable
 
 import torch
 
-from .contrastive import Similarity, label_similarity_contrastive_loss, label_weights, soft_label_weights
+from .contrastive import (
+    Similarity,
+    label_similarity_contrastive_loss,
+    label_weights,
+    paired_contrastive_loss,
+    soft_label_weights,
+)
 from .distributed import gather_no_grad, gather_with_grad, rank_offset
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -48,10 +54,19 @@ def global_two_view_contrastive_loss(
 
 def global_nt_xent(z1: torch.Tensor, z2: torch.Tensor, tau: float = 0.5, similarity: Similarity = "cosine") -> torch.Tensor:
     """SimCLR NT-Xent (Chen et al. 2020, eq. 1) over the global batch: the positive of a view is the other view of
-    the same image, i.e. label equality on global image indices. ``similarity="neg_sqdist"`` gives EBCLR's
-    discriminative term (Kim & Ye 2022, sec. 3.2)."""
-    ids = torch.arange(z1.shape[0], device=z1.device) + rank_offset(z1.shape[0])
-    return global_two_view_contrastive_loss(z1, z2, ids, ids, label_weights, tau, None, similarity)
+    the same image. ``similarity="neg_sqdist"`` gives EBCLR's discriminative term (Kim & Ye 2022, sec. 3.2).
+
+    The identity-pairing case of :func:`global_two_view_contrastive_loss` (same value), computed as a cross-entropy
+    over the contrast set with the self column masked: one positive per anchor needs no dense weight matrix."""
+    n = z1.shape[0]
+    g1, g2 = gather_with_grad(z1), gather_with_grad(z2)
+    big_n, offset = g1.shape[0], rank_offset(n)
+    rows = torch.arange(n, device=z1.device)
+    own_v1, own_v2 = rows + offset, rows + big_n + offset  # this process's rows in [all v1; all v2]
+    return paired_contrastive_loss(
+        torch.cat([z1, z2], dim=0), torch.cat([g1, g2], dim=0), torch.cat([own_v1, own_v2]), torch.cat([own_v2, own_v1]),
+        tau, similarity,
+    )
 
 
 def global_supcon(
