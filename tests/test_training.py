@@ -169,3 +169,16 @@ def test_no_arguments_is_the_main_job():
     recipe = resolve_recipe(None, None, None, {}, [])
     assert (recipe["method"], recipe["_recipe_file"], recipe["data"]["dataset"]) == ("hdge", MAIN_JOB_RECIPE, "digits")
     assert resolve_recipe("hdge", None, None, {}, [])["_recipe_file"] == "hdge-digits.yaml"
+
+
+def test_a_method_missing_part_of_the_contract_cannot_be_constructed(tiny_vit_config):
+    from hf_hybridcl.methods.base import HybridMethod
+
+    class Incomplete(HybridMethod):
+        name = "incomplete"
+
+        def build(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        Incomplete(tiny_vit_config, {}, 0)

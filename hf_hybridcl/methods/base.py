@@ -16,6 +16,7 @@ so Accelerate checkpoints and restores them with the weights. Contract:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -53,7 +54,7 @@ class TrainContext:
     total_steps: int
 
 
-class HybridMethod(nn.Module):
+class HybridMethod(nn.Module, metaclass=ABCMeta):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
@@ -75,16 +76,18 @@ class HybridMethod(nn.Module):
             )
         self.build()
 
-    # -- what subclasses implement -------------------------------------------------------------------------
+    # -- what subclasses implement (abstract: a method missing one cannot be constructed) ----------------------
+    @abstractmethod
     def build(self) -> None:
         """Create the modules and buffers (``self.hparams``, ``self.model_config``, ``self.num_classes`` are set)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def training_step(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
+        """The loss of one batch and the scalars to log."""
 
+    @abstractmethod
     def export(self) -> PreTrainedModel:
-        raise NotImplementedError
+        """The ``PreTrainedModel`` to save (it shares weights with this method)."""
 
     # -- hooks with defaults ---------------------------------------------------------------------------------
     def forward(self, batch: Batch, **kwargs) -> tuple[torch.Tensor, dict[str, float]]:
