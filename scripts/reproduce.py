@@ -228,13 +228,13 @@ def probe_metrics(run_dir: str) -> dict[str, float]:
 
 
 def hdge_metrics(run_dir: str, seed: int) -> dict[str, float]:
-    """Accuracy / ECE / NLL (``scripts/hdge_vs_ce.py``) and OOD AUROC of the exported classifier on its test split."""
+    """Accuracy / ECE / NLL (``scripts/compare_digits.py``) and OOD AUROC of the exported classifier on its test split."""
     import numpy as np
     import torch
     import yaml
     from transformers import AutoModelForImageClassification
 
-    import hdge_vs_ce
+    import compare_digits
     from hf_hybridcl.data import load_image_splits
     from hf_hybridcl.evaluate import ood
     from hf_hybridcl.evaluate.features import extract_features, pixel_tensor, processor_for
@@ -242,7 +242,7 @@ def hdge_metrics(run_dir: str, seed: int) -> dict[str, float]:
     with open(os.path.join(run_dir, "recipe.yaml")) as handle:
         recipe = yaml.safe_load(handle)
     out = probe_metrics(run_dir)
-    out.update(hdge_vs_ce.classifier_metrics(os.path.join(run_dir, "model"), recipe, 0.0))
+    out.update(compare_digits.classifier_metrics(os.path.join(run_dir, "model"), recipe, 0.0))
     model = AutoModelForImageClassification.from_pretrained(os.path.join(run_dir, "model")).eval()
     processor = processor_for(model)
     splits = load_image_splits("digits", seed=seed)

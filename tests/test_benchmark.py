@@ -94,6 +94,42 @@ def test_reproduce_quick_hdge_plumbing(tmp_path):
     assert "| hdge | test accuracy | hdge > ce |" in again.read_text()
 
 
+def test_compare_digits_trains_measures_and_reports(tmp_path):
+    """Two tiny runs (SimCLR and the CE classifier) in one arm, 2 at once: probes, calibration, table, JSON."""
+    from tests.conftest import tiny_train_overrides
+
+    compare = _load("compare_digits")
+    tiny = " ".join([*tiny_train_overrides(), "train.max_steps=2"])
+    out = tmp_path / "cmp"
+    assert compare.main(["--output-dir", str(out), "--methods", "simclr", "ce", "--jobs", "2", "--arm", f"tiny:{tiny}"]) == 0
+    doc = json.loads((out / "results.json").read_text())
+    ce = doc["results"]["tiny"]["ce"]["0"]
+    assert 0.0 <= ce["accuracy"] <= 1.0 and 0.0 <= ce["ece15"] <= 1.0 and ce["nll"] > 0.0
+    assert "accuracy" not in doc["results"]["tiny"]["simclr"]["0"] and 0.0 <= doc["results"]["tiny"]["simclr"]["0"]["knn"] <= 1.0
+    assert doc["threads_per_run"] == max(1, (os.cpu_count() or 1) // 2)
+    text = (out / "results.md").read_text()
+    assert "### Arm `tiny`" in text and "| ce | 1 |" in text and "**inconclusive** that ce beats simclr" in text
+    # a second call reuses the finished runs instead of training again
+    assert compare.main(["--output-dir", str(out), "--methods", "ce", "--arm", f"tiny:{tiny}"]) == 0
+    assert "(reused)" in (out / "results.md").read_text()
+
+
+def test_compare_digits_arms_and_verdicts():
+    compare = _load("compare_digits")
+    assert compare.parse_arm("lr3e-3:optim.lr=3e-3 optim.warmup_steps=10") == ("lr3e-3", ["optim.lr=3e-3", "optim.warmup_steps=10"])
+    assert compare.parse_arm("recipe:") == ("recipe", [])
+    with pytest.raises(Exception, match="NAME:key=value"):
+        compare.parse_arm("optim.lr=3e-3")
+    results = {"a": {"simclr": {0: {"linear_probe": 0.70}, 1: {"linear_probe": 0.71}, 2: {"linear_probe": 0.72}},
+                     "supcon": {0: {"linear_probe": 0.80}, 1: {"linear_probe": 0.82}, 2: {"linear_probe": 0.81}},
+                     "genscl": {0: {"linear_probe": 0.60}, 1: {"linear_probe": 0.61}, 2: {"linear_probe": 0.60}}}}
+    seconds = {"a": {m: [1.0, 1.0, 1.0] for m in results["a"]}}
+    text = "\n".join(compare.summarize(results, seconds))
+    assert "**reproduced** that supcon beats simclr" in text
+    assert "**not reproduced** that genscl beats simclr" in text
+    assert "| supcon | 3 | 0.810 ± 0.010 |" in text
+
+
 def test_full_commands_and_offline_message(capsys, monkeypatch):
     reproduce = _load("reproduce")
     commands = reproduce.full_commands(["ebclr", "genscl"], [0, 1], "/tmp/x")

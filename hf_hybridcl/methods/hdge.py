@@ -8,7 +8,7 @@ normalised input, i.e. in the paper's [-1, 1] pixel space for our default mean =
 
 with HDGE-style label smoothing ``ybar`` and the queue updated with this step's raw logits right after its
 negatives were read (as in the official code). The paper also adds the noise to *test* inputs; our evaluation
-(linear probe, kNN, ``scripts/hdge_vs_ce.py``) uses clean inputs unless configured otherwise.
+(linear probe, kNN, ``scripts/compare_digits.py``) uses clean inputs unless configured otherwise.
 The exported model is the :class:`HybridCLForImageClassification`; its logits are also its representation.
 
 "HDGE + JEM" (paper Table 4, sample generation): ``px_sgld_weight > 0`` adds ``px_sgld_weight * L_px``, JEM's
