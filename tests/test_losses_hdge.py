@@ -74,6 +74,17 @@ def test_chunked_negatives_equal_unchunked(monkeypatch):
     assert torch.allclose(hdge_contrastive_loss(logits, dists, queue), full, atol=1e-6)
 
 
+def test_one_hot_closed_form_negatives_equal_general_sum(monkeypatch):
+    """One-hot labels take the B x K closed form; it equals the general B x C x K log-sum-exp."""
+    gen = torch.Generator().manual_seed(4)
+    queue = F.normalize(torch.randn(10, 300, generator=gen), dim=0)
+    onehot = hdge_label_distribution(torch.randint(0, 10, (16,), generator=gen), 10)
+    closed = hdge_losses.hdge_negative_scores(queue, onehot)
+    monkeypatch.setattr(hdge_losses, "_is_one_hot", lambda dists: False)
+    torch.testing.assert_close(closed, hdge_losses.hdge_negative_scores(queue, onehot), rtol=1e-6, atol=1e-6)
+    assert not hdge_losses._is_one_hot(hdge_label_distribution(torch.tensor([1, 2]), 10, 0.1))
+
+
 def test_invariant_3_positive_scores_with_one_hot():
     """METHODS.md 8, invariant 3: official = log(exp(u_y) + C - 1), paper = u_y."""
     gen = torch.Generator().manual_seed(2)

@@ -67,16 +67,27 @@ def hdge_scores(
     return product.sum(-1)
 
 
+def _is_one_hot(label_dists: torch.Tensor) -> bool:
+    """Every row is exactly one 1 and zeros (no label smoothing)."""
+    return bool(((label_dists == 0) | (label_dists == 1)).all() and (label_dists.sum(dim=1) == 1).all())
+
+
 @torch.no_grad()
 def hdge_negative_scores(
     normalized_queue: torch.Tensor, label_dists: torch.Tensor, positive_score: PositiveScore = "official"
 ) -> torch.Tensor:
     """Scores of the anchors' label distributions ``(B, C)`` against every normalised queue column ``(C, K)``:
-    ``(B, K)`` with ``a_k = log sum_c exp(ybar_c q_{k,c})`` (official) or ``ybar . q_k`` (paper)."""
+    ``(B, K)`` with ``a_k = log sum_c exp(ybar_c q_{k,c})`` (official) or ``ybar . q_k`` (paper).
+
+    One-hot labels take the closed form ``log(exp(q_{k,y}) + C - 1)`` (``B x K`` work); smoothed labels the
+    chunked ``B x C x K`` sum."""
     label_dists, normalized_queue = label_dists.float(), normalized_queue.float()
     if positive_score == "paper":
         return label_dists @ normalized_queue
     b, c = label_dists.shape
+    if _is_one_hot(label_dists):  # closed form: the masked product is q[y, k] on the label and 0 elsewhere
+        rows = normalized_queue[label_dists.argmax(dim=1)]  # (B, K)
+        return torch.logaddexp(rows, torch.tensor(float(c - 1), device=rows.device).log())
     k = normalized_queue.shape[1]
     chunk = max(1, _CHUNK_ELEMENTS // max(1, b * c))
     parts = []
