@@ -12,7 +12,7 @@ from .contrastive import (
     supcon_loss,
     view_pair_weights,
 )
-from .distributed import gather_no_grad, gather_with_grad, rank, rank_offset, world_size
+from ..distributed import gather_no_grad, gather_with_grad, rank, rank_offset, world_size
 from .global_contrastive import global_genscl, global_nt_xent, global_supcon, global_two_view_contrastive_loss
 from .hdge import HDGEContrastiveLoss, LogitQueue, hdge_contrastive_loss, hdge_label_distribution
 from .jem import jem_px_loss

@@ -19,7 +19,7 @@ from .contrastive import (
     paired_contrastive_loss,
     soft_label_weights,
 )
-from .distributed import gather_no_grad, gather_with_grad, rank_offset
+from ..distributed import gather_no_grad, gather_with_grad, rank_offset
 
 WeightFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HybridCLError
-from .distributed import gather_no_grad
+from ..distributed import gather_no_grad
 
 PositiveScore = Literal["official", "paper"]
 POSITIVE_SCORES = ("official", "paper")

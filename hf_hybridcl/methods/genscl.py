@@ -23,7 +23,7 @@ import torch
 from ..data.mixing import MIX_MODES, mix_batch
 from ..errors import HybridCLError
 from ..losses import global_genscl
-from ..losses.distributed import rank
+from ..distributed import rank
 from ..modeling_hybridcl import HybridCLModel
 from .base import Batch, HybridMethod
 from .supcon import check_temperatures

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from ..errors import HybridCLError
-from ..losses.distributed import gather_no_grad, rank_offset, world_size
+from ..distributed import gather_no_grad, rank_offset, world_size
 
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "uint8": torch.uint8}
 
