@@ -86,6 +86,27 @@ def test_no_parameter_gradient_created_or_changed():
     assert torch.equal(net.head.weight.grad, preset)
 
 
+def test_parameters_frozen_while_sampling_and_flags_restored():
+    """The forward passes of SGLD record no weight gradients; every parameter's own flag comes back, also on error."""
+    from hf_hybridcl.input_gradients import frozen_parameters
+
+    net = TinyEnergyNet()
+    net.conv.bias.requires_grad_(False)  # a mixed state must come back exactly
+    seen: list[bool] = []
+
+    def energy(x):
+        seen.append(any(p.requires_grad for p in net.parameters()))
+        return -torch.logsumexp(net(x), dim=1)
+
+    x0 = torch.randn(2, 1, 8, 8)
+    out = sgld_sample(energy, x0, steps=2, step_size=0.1, noise_std=0.0, model=net)
+    assert seen == [False, False] and not torch.equal(out, x0)  # the input still got its gradient
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
+    with pytest.raises(RuntimeError, match="boom"), frozen_parameters(net, None, net.head):
+        raise RuntimeError("boom")
+    assert [p.requires_grad for p in net.parameters()] == [True, False, True, True]
+
+
 def test_model_mode_switched_and_restored():
     net = TinyEnergyNet()
     net.train()

@@ -11,7 +11,7 @@ normalisation is applied exactly once and ``eps`` is measured in pixel units (8/
 - :func:`cross_entropy_attack` is the evaluation attack on a classifier.
 
 Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so parameter ``.grad`` fields
-are never touched; the modules are put in eval mode during the attack and every module's own train/eval flag
+are never touched (the parameters are frozen during the attack); the modules are put in eval mode during the attack and every module's own train/eval flag
 is restored afterwards; the returned tensors are detached.
 """
 
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HybridCLError
+from ..input_gradients import frozen_parameters
 from ..losses import nt_xent_loss
 
 Norm = Literal["linf", "l2"]
@@ -180,7 +181,7 @@ def contrastive_attack(
             loss = loss - disc_weight * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
         return loss
 
-    with eval_mode(*modules):
+    with eval_mode(*modules), frozen_parameters(*modules):
         return pgd(objective, x, eps, step_size, steps, norm, random_start, generator)
 
 
@@ -200,7 +201,7 @@ def cross_entropy_attack(
     def objective(x_adv: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(classifier(x_adv).float(), labels, reduction="sum")
 
-    with eval_mode(classifier):
+    with eval_mode(classifier), frozen_parameters(classifier):
         return pgd(objective, x, eps, step_size, steps, norm, random_start, generator)
 
 

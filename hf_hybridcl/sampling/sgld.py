@@ -11,7 +11,8 @@ elementwise gradient clamp and the per-chain noise of EBCLR's multi-stage SGLD (
 SGLD runs a replay-buffer slot has already been through (:func:`msgld_noise_std`).
 
 Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so no parameter ``.grad`` is
-created or changed (the official EBCLR code calls ``backward()`` and leaves junk gradients in the parameters).
+created or changed (the official EBCLR code calls ``backward()`` and leaves junk gradients in the parameters),
+and the model's parameters are frozen while sampling (:func:`~hf_hybridcl.input_gradients.frozen_parameters`).
 The energy of a batch is summed before differentiation, which gives per-sample gradients only when samples do not
 interact inside the network: no BatchNorm in training mode (EBCLR refuses it by default).
 """
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import HybridCLError
+from ..input_gradients import frozen_parameters
 
 EnergyFn = Callable[[torch.Tensor], torch.Tensor]
 Mode = Literal["eval", "train", "keep"]
@@ -93,7 +95,7 @@ def sgld_sample(
     else:
         sigma = torch.tensor(float(noise_std), device=x0.device, dtype=x0.dtype)
     x = x0.detach().clone()
-    with model_mode(model, mode), torch.enable_grad():
+    with model_mode(model, mode), frozen_parameters(model), torch.enable_grad():
         for _ in range(steps):
             x.requires_grad_(True)
             energy = energy_fn(x)
