@@ -28,6 +28,9 @@ class HybridCLConfig(PreTrainedConfig):
         proj_hidden_dim, proj_output_dim, proj_num_layers (`int`): MLP projection head; the output is
             L2-normalised. ``proj_num_layers = 0`` disables the head.
         proj_activation (`str`): hidden activation of the head: ``relu``, ``leaky_relu`` (slope 0.2, as EBCLR) or ``gelu``.
+        proj_batch_norm (`bool`): batch normalisation after every hidden linear layer of the head (the SimCLR
+            head, Chen et al. 2020 appendix B.9): centres the batch, which lets contrastive losses leave the
+            near-collapsed start of a freshly initialised ViT (pairwise cosine ~0.98) quickly.
         method (`str`): the training method that produced the weights (provenance only).
         classifier_dropout (`float`): dropout before the classification layer.
     """
@@ -45,6 +48,7 @@ class HybridCLConfig(PreTrainedConfig):
     proj_output_dim: int = 128
     proj_num_layers: int = 2
     proj_activation: str = "relu"
+    proj_batch_norm: bool = False
     method: str = "none"
     classifier_dropout: float = 0.0
     initializer_range: float = 0.02

@@ -100,14 +100,20 @@ _HEAD_ACTIVATIONS = {
 
 
 class HybridCLProjectionHead(nn.Module):
-    """MLP projection head (Linear-activation repeated, last layer linear); the output is L2-normalised in the model."""
+    """MLP projection head (Linear[-BatchNorm]-activation repeated, last layer linear); the output is L2-normalised
+    in the model."""
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, activation: str = "relu"):
+    def __init__(
+        self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, activation: str = "relu", batch_norm: bool = False
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         dim = in_dim
         for _ in range(num_layers - 1):
-            layers += [nn.Linear(dim, hidden_dim), _HEAD_ACTIVATIONS[activation]()]
+            layers.append(nn.Linear(dim, hidden_dim))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(_HEAD_ACTIVATIONS[activation]())
             dim = hidden_dim
         layers.append(nn.Linear(dim, out_dim))
         self.layers = nn.Sequential(*layers)
@@ -205,7 +211,7 @@ class HybridCLModel(HybridCLPreTrainedModel):
         if config.proj_num_layers > 0:
             self.projection = HybridCLProjectionHead(
                 self.num_features, config.proj_hidden_dim, config.proj_output_dim, config.proj_num_layers,
-                config.proj_activation,
+                config.proj_activation, config.proj_batch_norm,
             )
         else:
             self.projection = None

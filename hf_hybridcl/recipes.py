@@ -40,6 +40,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
         "proj_output_dim": 64,
         "proj_num_layers": 2,
         "proj_activation": "relu",
+        "proj_batch_norm": False,
     },
     "method_args": {},
     "views": {

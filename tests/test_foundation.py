@@ -61,6 +61,27 @@ def test_save_load_bit_identical(tmp_path, kind, channels):
     assert {"AutoConfig", "AutoModel", "AutoModelForImageClassification", "AutoImageProcessor"} <= set(auto_map)
 
 
+def test_batch_norm_head_round_trip_keeps_running_statistics(tmp_path):
+    """``proj_batch_norm``: Linear-BatchNorm-ReLU-Linear head; its running statistics are saved and reloaded."""
+    config = HybridCLConfig(proj_hidden_dim=32, proj_output_dim=16, proj_batch_norm=True, num_channels=1, **BACKBONES["vit"])
+    model = HybridCLModel(config)
+    assert [type(m).__name__ for m in model.projection.layers] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    model.train()
+    model(torch.randn(8, 1, 16, 16))  # one training forward moves the running statistics
+    batch_norm = model.projection.layers[1]
+    assert int(batch_norm.num_batches_tracked) == 1 and not torch.equal(batch_norm.running_mean, torch.zeros(32))
+    model.eval()
+    x = torch.randn(3, 1, 16, 16)
+    before = model(x).projection
+    save_folder(model, tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert loaded.config.proj_batch_norm is True
+    torch.testing.assert_close(loaded.projection.layers[1].running_var, batch_norm.running_var, rtol=0, atol=0)
+    assert torch.equal(loaded(x).projection, before)
+    assert [type(m).__name__ for m in HybridCLModel(HybridCLConfig(**BACKBONES["vit"])).projection.layers] == [
+        "Linear", "ReLU", "Linear"]  # off by default: existing folders load unchanged
+
+
 def test_remote_code_loads_without_hf_hybridcl(tmp_path):
     config = HybridCLConfig(num_channels=1, proj_hidden_dim=32, proj_output_dim=16, **BACKBONES["vit"])
     model = HybridCLModel(config).eval()
