@@ -29,8 +29,8 @@ class HybridCLConfig(PreTrainedConfig):
             L2-normalised. ``proj_num_layers = 0`` disables the head.
         proj_activation (`str`): hidden activation of the head: ``relu``, ``leaky_relu`` (slope 0.2, as EBCLR) or ``gelu``.
         proj_batch_norm (`bool`): batch normalisation after every hidden linear layer of the head (the SimCLR
-            head, Chen et al. 2020 appendix B.9): centres the batch, which lets contrastive losses leave the
-            near-collapsed start of a freshly initialised ViT (pairwise cosine ~0.98) quickly.
+            head, Chen et al. 2020 appendix B.9). It centres the batch inside the head; a freshly initialised ViT
+            maps all images to nearly the same direction (mean pairwise cosine ~0.98 on the digits).
         method (`str`): the training method that produced the weights (provenance only).
         classifier_dropout (`float`): dropout before the classification layer.
     """
