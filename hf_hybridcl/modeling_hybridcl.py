@@ -34,6 +34,13 @@ AUTO_MAP = {
 }
 
 
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``-sum_c t_c log softmax(logits)_c``, mean over the batch: cross-entropy against label distributions
+    ``targets`` (B, C), e.g. Mixup labels or HDGE's label smoothing. Lives here because this file is copied into
+    every saved folder and must not import hf_hybridcl; the training losses use it from here."""
+    return -(targets.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+
+
 @dataclass
 class HybridCLModelOutput(ModelOutput):
     """Output of [`HybridCLModel`].
@@ -251,7 +258,7 @@ class HybridCLForImageClassification(HybridCLPreTrainedModel):
         if labels is not None:
             labels = labels.to(logits.device)
             if labels.is_floating_point() and labels.shape == logits.shape:
-                loss = torch.sum(-labels * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+                loss = soft_cross_entropy(logits, labels)
             else:
                 loss = F.cross_entropy(logits.float(), labels.long().view(-1))
         output = ImageClassifierOutput(loss=loss, logits=logits)

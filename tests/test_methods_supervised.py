@@ -170,3 +170,21 @@ def test_bad_method_args_are_clear_errors(tiny_vit_config):
         get_method_class("ce")(tiny_vit_config, {"label_smoothing": 1.5}, 10)
     with pytest.raises(HybridCLError, match="supervised"):
         get_method_class("supcon")(tiny_vit_config, {}, 0)
+
+
+def test_one_soft_cross_entropy_for_classifier_ce_and_hdge():
+    """The classifier's soft-label loss, CE's smoothed loss and HDGE's CE term are one function: checked against
+    torch's cross-entropy (one-hot and HDGE-style smoothing eps / (C - 1))."""
+    from hf_hybridcl.losses.hdge import hdge_label_distribution
+    from hf_hybridcl.methods.ce import cross_entropy
+    from hf_hybridcl.modeling_hybridcl import soft_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(6, 5, generator=gen), torch.randint(0, 5, (6,), generator=gen)
+    torch.testing.assert_close(soft_cross_entropy(logits, torch.nn.functional.one_hot(labels, 5)),
+                               torch.nn.functional.cross_entropy(logits, labels))
+    eps = 0.2
+    targets = torch.full((6, 5), eps / 4).scatter_(1, labels[:, None], 1 - eps)
+    expected = torch.nn.functional.cross_entropy(logits, targets)  # torch accepts probability targets
+    torch.testing.assert_close(cross_entropy(logits, labels, eps), expected)
+    torch.testing.assert_close(soft_cross_entropy(logits, hdge_label_distribution(labels, 5, eps)), expected)

@@ -50,11 +50,6 @@ def hdge_label_distribution(labels: torch.Tensor, num_classes: int, label_smooth
     return dists
 
 
-def soft_cross_entropy(logits: torch.Tensor, label_dists: torch.Tensor) -> torch.Tensor:
-    """``-sum_c ybar_c log softmax(f(x))_c``, mean over the batch (HDGE's discriminative term, log q(y|x))."""
-    return -(label_dists.float() * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
-
-
 def hdge_scores(
     normalized: torch.Tensor, label_dists: torch.Tensor, positive_score: PositiveScore = "official"
 ) -> torch.Tensor:
@@ -200,5 +195,4 @@ __all__ = [
     "hdge_label_distribution",
     "hdge_negative_scores",
     "hdge_scores",
-    "soft_cross_entropy",
 ]

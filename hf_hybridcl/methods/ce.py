@@ -10,25 +10,16 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import HybridCLError
-from ..modeling_hybridcl import HybridCLForImageClassification
+from ..losses.hdge import hdge_label_distribution
+from ..modeling_hybridcl import HybridCLForImageClassification, soft_cross_entropy
 from .base import Batch, HybridMethod
-
-
-def smoothed_targets(labels: torch.Tensor, num_classes: int, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Target distributions ``(B, C)``: ``1 - eps`` on the label, ``eps / (C - 1)`` elsewhere (HDGE's smoothing)."""
-    onehot = F.one_hot(labels.long(), num_classes).float()
-    if label_smoothing == 0.0:
-        return onehot
-    off = label_smoothing / (num_classes - 1)
-    return onehot * (1.0 - label_smoothing) + (1.0 - onehot) * off
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """Mean cross-entropy of ``logits`` (B, C) against integer ``labels`` with HDGE-style label smoothing."""
     if label_smoothing == 0.0:
         return F.cross_entropy(logits.float(), labels.long())
-    targets = smoothed_targets(labels, logits.shape[-1], label_smoothing)
-    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
+    return soft_cross_entropy(logits, hdge_label_distribution(labels, logits.shape[-1], label_smoothing))
 
 
 class CrossEntropy(HybridMethod):

@@ -29,10 +29,9 @@ from ..losses.hdge import (
     check_queue_divisible,
     hdge_contrastive_loss,
     hdge_label_distribution,
-    soft_cross_entropy,
 )
 from ..losses.jem import finish_jem_step, jem_px_loss, make_jem_buffer, sample_jem_sgld
-from ..modeling_hybridcl import HybridCLForImageClassification
+from ..modeling_hybridcl import HybridCLForImageClassification, soft_cross_entropy
 from .base import Batch, HybridMethod, TrainContext
 
 
