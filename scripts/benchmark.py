@@ -300,7 +300,8 @@ def bench_sgld(batches: list[int], steps: int, repeats: int, warmup: int) -> lis
     """``sgld_sample`` on EBCLR's marginal energy (digits ViT): cost per SGLD step vs one training pass
     (forward + backward to the parameters) on the same images; checks that SGLD leaves parameter grads alone."""
     from hf_hybridcl import HybridCLConfig
-    from hf_hybridcl.methods.ebclr import EBCLR, ebclr_marginal_log_density
+    from hf_hybridcl.losses.ebclr import ebclr_marginal_log_density
+    from hf_hybridcl.methods.ebclr import EBCLR
     from hf_hybridcl.recipes import DEFAULT_RECIPE
     from hf_hybridcl.sampling import sgld_sample
 

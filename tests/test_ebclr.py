@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from tests.conftest import tiny_train_overrides
 from hf_hybridcl.errors import HybridCLError
 from hf_hybridcl.losses import nt_xent_loss
-from hf_hybridcl.methods.ebclr import EBCLR, ebclr_generative_loss
+from hf_hybridcl.losses.ebclr import ebclr_generative_loss
+from hf_hybridcl.methods.ebclr import EBCLR
 from hf_hybridcl.methods.simclr import global_nt_xent
 
 

@@ -14,10 +14,13 @@ from .contrastive import (
 )
 from ..distributed import gather_no_grad, gather_with_grad, rank, rank_offset, world_size
 from .global_contrastive import global_genscl, global_nt_xent, global_supcon, global_two_view_contrastive_loss
+from .ebclr import ebclr_generative_loss, ebclr_marginal_log_density
 from .hdge import HDGEContrastiveLoss, LogitQueue, hdge_contrastive_loss, hdge_label_distribution
 from .jem import jem_px_loss
 
 __all__ = [
+    "ebclr_generative_loss",
+    "ebclr_marginal_log_density",
     "HDGEContrastiveLoss",
     "LogitQueue",
     "hdge_contrastive_loss",

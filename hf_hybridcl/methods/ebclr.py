@@ -29,25 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import HybridCLError
-from ..losses import gather_with_grad, pairwise_similarity, rank_offset, world_size
+from ..losses import gather_with_grad, global_nt_xent, rank_offset, world_size
+from ..losses.ebclr import ebclr_generative_loss, ebclr_marginal_log_density
 from ..modeling_hybridcl import HybridCLModel
 from ..sampling import ReplayBuffer, diverged_rows, msgld_noise_std, sgld_sample
 from .base import Batch, HybridMethod, TrainContext
-from .simclr import global_nt_xent
-
-
-def ebclr_marginal_log_density(z: torch.Tensor, contrast: torch.Tensor, tau: float) -> torch.Tensor:
-    """``log sum_m exp(-||z_k - c_m||^2 / tau)`` per row of ``z`` (the negative marginal energy of EBCLR's
-    "N" estimator, sec. 4b); ``z`` and ``contrast`` are unit vectors ``(k, D)`` and ``(M, D)``."""
-    return torch.logsumexp(pairwise_similarity(z.float(), contrast.float(), "neg_sqdist") / tau, dim=1)
-
-
-def ebclr_generative_loss(z1: torch.Tensor, z2: torch.Tensor, z_sgld: torch.Tensor, tau: float) -> torch.Tensor:
-    """EBCLR's contrastive-divergence term (METHODS.md 4b): ``-mean_n log sum_m e^{-||z_n - z'_m||^2/tau}
-    + mean_k log sum_m e^{-||z~_k - sg(z'_m)||^2/tau}`` on unit vectors (the L2 penalty is separate)."""
-    data = ebclr_marginal_log_density(z1, z2, tau)
-    model = ebclr_marginal_log_density(z_sgld, z2.detach(), tau)
-    return -data.mean() + model.mean()
 
 
 class EBCLR(HybridMethod):
