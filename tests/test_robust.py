@@ -365,3 +365,32 @@ def test_robust_evaluation_reports_slf_and_alf(digits, tiny_vit_config):
     assert "train_adversarial_accuracy" in results["alf_clean"]["values"]
     with pytest.raises(HybridCLError, match="unknown robust evaluation settings"):
         robust_evaluation(model, digits, {"pgd_steps": 3})
+
+
+def test_robustcl_resume_is_exact(tmp_path, monkeypatch):
+    """4 straight steps vs 2 steps + --resume to 4: identical weights, discriminator and its optimiser state
+    (PGD random starts, SAM and the discriminator's own optimiser all continue as if uninterrupted)."""
+    from safetensors.torch import load_file
+
+    from hf_hybridcl.evaluate import robust as robust_eval
+
+    monkeypatch.setitem(robust_eval.DEFAULT_ROBUST_SETTINGS, "max_test_images", 16)
+    common = [*tiny_train_overrides(16), "method_args.attack_steps=2", "method_args.robust_eval=none",
+              "method_args.disc_hidden=1", "train.save_every=2", "eval.protocols=[knn]"]
+
+    def train(out, steps, *extra):
+        return cli_main(["train", "--method", "robustcl", "--max-steps", str(steps), "--output-dir", str(out), *extra, *common])
+
+    assert train(tmp_path / "straight", 4) == 0
+    assert train(tmp_path / "resumed", 2) == 0
+    assert train(tmp_path / "resumed", 4, "--resume") == 0
+    a_dir, b_dir = (tmp_path / run / "checkpoints" / "checkpoint_4" for run in ("straight", "resumed"))
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("discriminator.") for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    extras = sorted(f for f in os.listdir(a_dir) if f.startswith("custom_checkpoint"))
+    assert len(extras) == 2  # scheduler + discriminator optimiser
+    for name in extras:
+        sa, sb = torch.load(a_dir / name, weights_only=False), torch.load(b_dir / name, weights_only=False)
+        assert repr(sa) == repr(sb), name
