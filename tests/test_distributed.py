@@ -92,3 +92,28 @@ def test_accelerate_config_templates_parse():
     for path in files:
         config = load_config_from_file(path)
         assert config.num_processes >= 1, path
+
+
+def test_robustcl_trains_with_two_processes(tmp_path):
+    """robustcl's three passes (PGD on the unwrapped model, discriminator and encoder steps through the DDP wrapper,
+    SAM's second pass) run under `accelerate launch` with 2 gloo CPU processes and export a loadable folder."""
+    import json
+
+    from transformers import AutoModel
+
+    import hf_hybridcl  # noqa: F401 - registers the model type with the Auto classes
+
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
+    launch = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hf_hybridcl.train",
+    ]
+    args = ["--method", "robustcl", "--max-steps", "2", *tiny_train_overrides(16), "method_args.attack_steps=2",
+            "method_args.robust_eval=none", "method_args.disc_hidden=1", "train.log_every=1", "eval.protocols=[knn]",
+            "--output-dir", str(tmp_path / "two")]
+    run = subprocess.run([*launch, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["model"]["processes"] == 2
+    log = [json.loads(line) for line in (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all("d_loss" in r and "l_ben_perturbed" in r and not r["skipped"] for r in log)
+    assert AutoModel.from_pretrained(tmp_path / "two" / "model").config.method == "robustcl"

@@ -248,20 +248,25 @@ class RobustCL(HybridMethod):
         acc, hp = ctx.accelerator, self.hparams
         sam = SAM(ctx.optimizer, rho=hp["sam_rho"], adaptive=hp["sam"] == "asam")
         params = [p for _, p in self.optimizer_parameters()]
+        # Every wrapped forward is followed by its own backward before the next forward: DDP's reducer pairs them.
         # a. the adversarial objective; clean running statistics are updated once, by the benign pass b
         with frozen_bn_stats(*branch_norms(self.model, "clean")):
             other, a_logs = ctx.wrapped(batch, phase="adversarial", adv=adv)
-        # b. the benign objective at w, then move to w + e
-        benign, b_logs = ctx.wrapped(batch, phase="benign")
         logs.update(a_logs)
-        logs.update(b_logs)
-        logs["loss"] = float(other.item() + benign.item())
-        if not _all_finite(acc, other, benign):
+        if not _all_finite(acc, other):
+            logs["loss"] = float("nan")
             ctx.optimizer.zero_grad(set_to_none=True)
             return logs
         acc.backward(other)
         stored = store_gradients(params)
         ctx.optimizer.zero_grad(set_to_none=True)
+        # b. the benign objective at w (the weights have not moved yet), then move to w + e
+        benign, b_logs = ctx.wrapped(batch, phase="benign")
+        logs.update(b_logs)
+        logs["loss"] = float(other.item() + benign.item())
+        if not _all_finite(acc, benign):
+            ctx.optimizer.zero_grad(set_to_none=True)
+            return logs
         acc.backward(benign)
         sam.first_step(zero_grad=True)
         # c. the benign objective at w + e with BatchNorm statistics frozen; restore w, add the stored gradient
