@@ -204,7 +204,7 @@ class Trainer:
         # global RNG, which methods use during steps and which the checkpoint restores.
         loader = DataLoader(
             self.dataset, batch_size=batch_size, sampler=self.sampler, drop_last=True, num_workers=num_workers,
-            persistent_workers=False, generator=torch.Generator().manual_seed(int(train_cfg["seed"])),
+            persistent_workers=num_workers > 0, generator=torch.Generator().manual_seed(int(train_cfg["seed"])),
         )
         grad_accum = int(train_cfg["grad_accum"])
         self.batches_per_epoch = len(loader)
@@ -272,7 +272,6 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
         while step < self.total_steps:
             epoch = step // self.steps_per_epoch
-            self.dataset.set_epoch(epoch)
             self.sampler.set_epoch(epoch)
             skip = (step % self.steps_per_epoch) * int(train_cfg["grad_accum"])
             loader = acc.skip_first_batches(self.loader, skip) if skip else self.loader
