@@ -12,7 +12,8 @@ input space) instead of clean inputs.
     python scripts/compare_digits.py --output-dir /tmp/compare_digits --seeds 0 1 2 --jobs 2 \\
         --arm "lr1e-3:" --arm "lr3e-3:optim.lr=3e-3 optim.warmup_steps=10"
 
-Finished runs are reused (an interrupted run resumes from its last checkpoint). ``--jobs N`` trains N runs at once,
+``genscl_kd`` is GenSCL with one-hot labels plus distillation from the CE run of the same arm and seed (the GenSCL
+paper's "GenSCL + KD"); asking for it also trains ``ce``. Finished runs are reused (an interrupted run resumes from its last checkpoint). ``--jobs N`` trains N runs at once,
 each with ``cpu_count // N`` threads. Writes ``<output-dir>/results.json`` and ``<output-dir>/results.md``: one
 table per arm (mean ± sample std over seeds) and, per arm, the paired per-seed verdict of "METHOD beats SimCLR on
 the linear probe" with the rule of ``scripts/reproduce.py``.
@@ -36,7 +37,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import fmt_mean_std, machine_info, machine_markdown, paired_verdict  # noqa: E402
 
 CLASSIFIER_METHODS = ("ce", "hdge")
-METHODS = ("simclr", "supcon", "genscl", "hdge", "ce", "moco")
+# A variant is a method with extra overrides; ``teacher`` names the run (same arm and seed) whose exported classifier
+# becomes ``method_args.teacher``. genscl_kd is the GenSCL paper's "GenSCL + KD" row: one-hot labels (no mixing) plus
+# the distillation term from a teacher, here the CE run of the same seed (its training is not part of the budget).
+VARIANTS = {"genscl_kd": {"method": "genscl", "overrides": ["method_args.mix=none"], "teacher": "ce"}}
+METHODS = ("simclr", "supcon", "genscl", "hdge", "ce", "moco", "genscl_kd")
 REFERENCE = "simclr"
 
 
@@ -53,10 +58,22 @@ def train_command(method: str, run_dir: str, seed: int, extra: list[str]) -> lis
             f"train.seed={seed}", "train.log_with=none", "train.save_every=50", *extra]
 
 
-def train(method: str, run_dir: str, seed: int, extra: list[str], threads: int) -> float:
-    """Train one run (skipped if its metrics exist); returns the wall-clock seconds (NaN when skipped)."""
+def train(method: str, run_dir: str, seed: int, extra: list[str], threads: int,
+          teacher: concurrent.futures.Future | None = None, teacher_dir: str | None = None) -> float:
+    """Train one run (skipped if its metrics exist); returns the wall-clock seconds (NaN when skipped).
+
+    ``method`` may be a variant (:data:`VARIANTS`); its teacher run (``teacher_dir``, trained by the ``teacher``
+    future) must finish first."""
     if os.path.exists(os.path.join(run_dir, "metrics.json")):
         return float("nan")
+    variant = VARIANTS.get(method)
+    if variant is not None:
+        extra = [*variant["overrides"], *extra]
+        if variant.get("teacher"):
+            if teacher is not None:
+                teacher.result()
+            extra.append(f"method_args.teacher={os.path.join(teacher_dir, 'model')}")
+        method = variant["method"]
     cmd = train_command(method, run_dir, seed, extra)
     if os.path.isdir(os.path.join(run_dir, "checkpoints")):
         cmd.append("--resume")  # an interrupted run: continue (or only export) from its last checkpoint
@@ -149,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="training runs at once (each gets cpu_count // jobs threads)")
     parser.add_argument("--test-noise-std", type=float, default=0.0, help="HDGE paper protocol: 0.03; default clean inputs")
     args = parser.parse_args(argv)
+    wanted = set(args.methods) | {VARIANTS[m]["teacher"] for m in args.methods if VARIANTS.get(m, {}).get("teacher")}
+    args.methods = [m for m in METHODS if m in wanted]  # canonical order: teachers before their students
     arms = dict(args.arms or [("recipe", [])])
     if len(arms) != len(args.arms or [None]):
         parser.error("--arm names must be unique")
@@ -158,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(arm, method, seed) for arm in arms for method in args.methods for seed in args.seeds]
     run_dir = {job: os.path.join(args.output_dir, job[0], f"{job[1]}-seed{job[2]}") for job in jobs}
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = {job: pool.submit(train, job[1], run_dir[job], job[2], arms[job[0]], threads) for job in jobs}
+        futures: dict[tuple, concurrent.futures.Future] = {}
+        for job in jobs:  # teachers come before their students in METHODS order, so no worker waits on a queued job
+            arm, method, seed = job
+            teacher_name = VARIANTS.get(method, {}).get("teacher")
+            teacher_dir = os.path.join(args.output_dir, arm, f"{teacher_name}-seed{seed}") if teacher_name else None
+            futures[job] = pool.submit(train, method, run_dir[job], seed, arms[arm], threads,
+                                       futures.get((arm, teacher_name, seed)), teacher_dir)
         elapsed = {job: future.result() for job, future in futures.items()}
     results: dict[str, dict[str, dict[int, dict]]] = {arm: {m: {} for m in args.methods} for arm in arms}
     seconds: dict[str, dict[str, list[float]]] = {arm: {m: [] for m in args.methods} for arm in arms}

@@ -95,14 +95,18 @@ def test_reproduce_quick_hdge_plumbing(tmp_path):
 
 
 def test_compare_digits_trains_measures_and_reports(tmp_path):
-    """Two tiny runs (SimCLR and the CE classifier) in one arm, 2 at once: probes, calibration, table, JSON."""
+    """Tiny runs in one arm, 2 at once: SimCLR, the CE classifier and GenSCL + KD with that CE run as its teacher;
+    probes, calibration, table, JSON."""
     from tests.conftest import tiny_train_overrides
 
     compare = _load("compare_digits")
     tiny = " ".join([*tiny_train_overrides(), "train.max_steps=2"])
     out = tmp_path / "cmp"
-    assert compare.main(["--output-dir", str(out), "--methods", "simclr", "ce", "--jobs", "2", "--arm", f"tiny:{tiny}"]) == 0
+    assert compare.main(["--output-dir", str(out), "--methods", "simclr", "genscl_kd", "--jobs", "2", "--arm", f"tiny:{tiny}"]) == 0
     doc = json.loads((out / "results.json").read_text())
+    assert list(doc["results"]["tiny"]) == ["simclr", "ce", "genscl_kd"]  # the teacher was added and trained first
+    student = (out / "tiny" / "genscl_kd-seed0" / "recipe.yaml").read_text()
+    assert "mix: none" in student and str(out / "tiny" / "ce-seed0" / "model") in student
     ce = doc["results"]["tiny"]["ce"]["0"]
     assert 0.0 <= ce["accuracy"] <= 1.0 and 0.0 <= ce["ece15"] <= 1.0 and ce["nll"] > 0.0
     assert "accuracy" not in doc["results"]["tiny"]["simclr"]["0"] and 0.0 <= doc["results"]["tiny"]["simclr"]["0"]["knn"] <= 1.0
