@@ -36,6 +36,8 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import fmt_mean_std, machine_info, machine_markdown, paired_verdict  # noqa: E402
 
+from hf_hybridcl.io_utils import atomic_write_json, atomic_write_text  # noqa: E402
+
 CLASSIFIER_METHODS = ("ce", "hdge")
 # A variant is a method with extra overrides; ``teacher`` names the run (same arm and seed) whose exported classifier
 # becomes ``method_args.teacher``. genscl_kd is the GenSCL paper's "GenSCL + KD" row: one-hot labels (no mixing) plus
@@ -193,14 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         print(arm, method, seed, json.dumps(results[arm][method][seed]), flush=True)
     document = {"results": results, "train_seconds": seconds, "machine": machine, "arms": arms,
                 "test_noise_std": args.test_noise_std, "threads_per_run": threads, "jobs": args.jobs}
-    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
-        json.dump(document, handle, indent=2)
+    atomic_write_json(os.path.join(args.output_dir, "results.json"), document)
     arm_lines = [f"- `{arm}`: " + (" ".join(f"`{o}`" for o in overrides) or "the unchanged digits recipes")
                  for arm, overrides in arms.items()]
     report = "\n".join(["## Machine", "", machine_markdown(machine), f"- {args.jobs} run(s) at once, {threads} thread(s) each",
                         "", "## Arms", "", *arm_lines, "", *summarize(results, seconds)])
-    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
-        handle.write(report + "\n")
+    atomic_write_text(os.path.join(args.output_dir, "results.md"), report + "\n")
     print(report)
     return 0
 
