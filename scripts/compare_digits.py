@@ -97,7 +97,7 @@ def classifier_metrics(model_dir: str, recipe: dict, test_noise_std: float) -> d
     from transformers import AutoModelForImageClassification
 
     from hf_hybridcl.data import load_image_splits
-    from hf_hybridcl.evaluate.calibration import expected_calibration_error
+    from hf_hybridcl.evaluate.calibration import classification_metrics
     from hf_hybridcl.evaluate.features import pixel_tensor, processor_for
 
     data = recipe["data"]
@@ -107,14 +107,8 @@ def classifier_metrics(model_dir: str, recipe: dict, test_noise_std: float) -> d
     if test_noise_std > 0:
         pixels = pixels + test_noise_std * torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0))
     logits = torch.cat([model(pixel_values=pixels[i : i + 256]).logits.float() for i in range(0, len(pixels), 256)])
-    labels = np.asarray(splits.test.labels)
-    probs = torch.softmax(logits, dim=-1).numpy()
-    return {
-        "accuracy": float((probs.argmax(1) == labels).mean()),
-        "ece15": expected_calibration_error(probs, labels, n_bins=15),
-        "ece20": expected_calibration_error(probs, labels, n_bins=20),
-        "nll": float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)).item()),
-    }
+    metrics = classification_metrics(logits, splits.test.labels, (15, 20))
+    return {"accuracy": metrics["accuracy"], "ece15": metrics["ece_15"], "ece20": metrics["ece_20"], "nll": metrics["nll"]}
 
 
 def run_metrics(run_dir: str, method: str, test_noise_std: float) -> dict[str, float]:

@@ -17,7 +17,7 @@ def _gradient_worker():
     import torch.distributed as dist
     from accelerate import PartialState
 
-    from hf_hybridcl.methods.simclr import global_nt_xent
+    from hf_hybridcl.losses import global_nt_xent
 
     state = PartialState(cpu=True)
     rank, world = state.process_index, state.num_processes

@@ -16,7 +16,7 @@ from hf_hybridcl.errors import HybridCLError
 from hf_hybridcl.losses import nt_xent_loss
 from hf_hybridcl.losses.ebclr import ebclr_generative_loss
 from hf_hybridcl.methods.ebclr import EBCLR
-from hf_hybridcl.methods.simclr import global_nt_xent
+from hf_hybridcl.losses import global_nt_xent
 
 
 @pytest.mark.parametrize("n,d,tau", [(3, 4, 0.1), (8, 16, 0.5), (5, 2, 1.3)])

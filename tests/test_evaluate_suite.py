@@ -171,3 +171,16 @@ def test_bad_protocol_and_override_are_clear_errors(run_dir, capsys):
     assert "telepathy" in capsys.readouterr().err
     assert main(["evaluate", run_dir, "eval.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_classification_metrics_match_direct_formulas():
+    from hf_hybridcl.evaluate.calibration import classification_metrics, expected_calibration_error
+
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(50, 4, generator=gen), torch.randint(0, 4, (50,), generator=gen)
+    m = classification_metrics(logits, labels.numpy(), (15, 20))
+    probs = logits.softmax(1).numpy()
+    assert m["accuracy"] == float((logits.argmax(1) == labels).float().mean())
+    assert abs(m["nll"] - torch.nn.functional.cross_entropy(logits, labels).item()) < 1e-6
+    assert m["ece_15"] == expected_calibration_error(probs, labels.numpy(), 15)
+    assert m["ece_20"] == expected_calibration_error(probs, labels.numpy(), 20)

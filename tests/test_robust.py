@@ -239,7 +239,7 @@ def test_discriminator_gradient_pushes_the_encoder_to_raise_l_d(tiny_vit_config)
         return divergence_loss(method.discriminator, method.project(q), method.project(adv, "adversarial"))
 
     def l_adv() -> torch.Tensor:
-        from hf_hybridcl.methods.simclr import global_nt_xent
+        from hf_hybridcl.losses import global_nt_xent
 
         return global_nt_xent(method.project(p), method.project(adv, "adversarial"), 0.5)
 

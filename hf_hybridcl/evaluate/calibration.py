@@ -25,3 +25,19 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
     bins = reliability_bins(probs, labels, n_bins)
     total = bins["counts"].sum()
     return float(np.sum(bins["counts"] / max(total, 1.0) * np.abs(bins["accuracy"] - bins["confidence"])))
+
+
+def classification_metrics(logits, labels, ece_bins=(15,)) -> dict[str, float]:
+    """Accuracy, NLL and ECE (one value per bin count, key ``ece_<bins>``) of softmax predictions from ``logits``
+    ``(N, C)`` (a torch tensor, computed in its own dtype) against integer ``labels``."""
+    import torch
+
+    labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    probs = logits.softmax(dim=1).numpy()
+    out = {
+        "accuracy": float((logits.argmax(1) == labels).float().mean()),
+        "nll": float(torch.nn.functional.cross_entropy(logits, labels)),
+    }
+    for bins in ece_bins:
+        out[f"ece_{int(bins)}"] = expected_calibration_error(probs, labels.numpy(), int(bins))
+    return out

@@ -66,20 +66,14 @@ def evaluate_encoder(
 
 def classifier_accuracy(model, test_pixels: torch.Tensor, test_labels, eval_cfg: dict[str, Any], device) -> dict:
     """Test accuracy, ECE and NLL of a classifier's own softmax predictions (clean, un-augmented inputs)."""
-    from .calibration import expected_calibration_error
+    from .calibration import classification_metrics
 
     logits = torch.as_tensor(extract_features(model, test_pixels, eval_cfg.get("batch_size", 256), device, kind="logits"))
-    labels = torch.as_tensor(np.asarray(test_labels), dtype=torch.long)
-    probs = logits.softmax(dim=1).numpy()
     bins = int(eval_cfg.get("ece_bins", 15))
-    accuracy = float((logits.argmax(1) == labels).float().mean())
+    metrics = classification_metrics(logits, test_labels, (bins,))
     return {
-        "value": accuracy,
-        "values": {
-            "test_accuracy": accuracy,
-            f"ece_{bins}_bins": expected_calibration_error(probs, labels.numpy(), bins),
-            "nll": float(torch.nn.functional.cross_entropy(logits, labels)),
-        },
+        "value": metrics["accuracy"],
+        "values": {"test_accuracy": metrics["accuracy"], f"ece_{bins}_bins": metrics[f"ece_{bins}"], "nll": metrics["nll"]},
         "settings": {"predictions": "the model's own classifier, softmax of logits", "ece_bins": bins},
     }
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import HybridCLError
-from .calibration import expected_calibration_error
+from .calibration import classification_metrics
 from .corruptions import SEVERITIES, corruption_accuracy
 from .features import extract_features, pixel_tensor, processor_for
 from .finetune import finetune
@@ -144,12 +144,12 @@ def protocol_calibration(ctx: SuiteContext) -> dict[str, dict]:
     labels = ctx.test_y
     bins = int(ctx.cfg["ece_bins"])
     hdge_bins = int(ctx.cfg["ece_bins_hdge"])
-    nll = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(labels)).item())
+    metrics = classification_metrics(logits, labels, (bins, hdge_bins))
     values = {
-        "ece": expected_calibration_error(probs, labels, bins),
-        f"ece_{hdge_bins}bins": expected_calibration_error(probs, labels, hdge_bins),
-        "nll": nll,
-        "accuracy": float((probs.argmax(1) == labels).mean()),
+        "ece": metrics[f"ece_{bins}"],
+        f"ece_{hdge_bins}bins": metrics[f"ece_{hdge_bins}"],
+        "nll": metrics["nll"],
+        "accuracy": metrics["accuracy"],
         "mean_confidence": float(probs.max(1).mean()),
     }
     path = reliability_diagram(probs, labels, bins, ctx.plot_path("reliability.png"),

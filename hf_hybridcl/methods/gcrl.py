@@ -49,7 +49,7 @@ from ..generative import (
 from ..generative.quantize import QUANTIZERS
 from ..modeling_hybridcl import HybridCLModel
 from .base import Batch, HybridMethod, TrainContext
-from .simclr import global_nt_xent
+from ..losses import global_nt_xent
 
 DECODER_DIR = "gcrl_decoder"
 SAMPLES_FILE = "samples_gcrl.png"

@@ -45,7 +45,7 @@ from ..robust.discriminator import ProjectionDiscriminator, divergence_loss
 from ..robust.dual_bn import BRANCHES, bn_branch, branch_norms, convert_to_dual_bn, convert_to_plain_bn, dual_bn_layers
 from ..robust.sam import SAM, frozen_bn_stats, store_gradients
 from .base import Batch, HybridMethod, StepContext, TrainContext
-from .simclr import global_nt_xent
+from ..losses import global_nt_xent
 
 SAM_MODES = ("asam", "sam", "none")
 ROBUST_EVAL_MODES = ("none", "slf", "slf+alf")

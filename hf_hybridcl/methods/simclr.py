@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses import global_nt_xent  # re-exported: ebclr, gcrl and robustcl use it from here too
+from ..losses import global_nt_xent
 from ..modeling_hybridcl import HybridCLModel
 from .base import Batch, HybridMethod
 

@@ -11,8 +11,8 @@ normalisation is applied exactly once and ``eps`` is measured in pixel units (8/
 - :func:`cross_entropy_attack` is the evaluation attack on a classifier.
 
 Gradients are taken with ``torch.autograd.grad`` with respect to the input only, so parameter ``.grad`` fields
-are never touched (the parameters are frozen during the attack); the modules are put in eval mode during the attack and every module's own train/eval flag
-is restored afterwards; the returned tensors are detached.
+are never touched (the parameters are frozen during the attack); the modules are put in eval mode during the
+attack and every module's own train/eval flag is restored afterwards; the returned tensors are detached.
 """
 
 from __future__ import annotations
